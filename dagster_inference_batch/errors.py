@@ -59,4 +59,11 @@ class BatchWaitTimeout(BatchError):
 
 
 class BatchAPIError(BatchError):
-    """The Batch API refused a call or kept failing after every retry."""
+    """The Batch API refused a call or kept failing after every retry.
+
+    ``status_code`` is the provider's HTTP status when there was one.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)

@@ -1,0 +1,110 @@
+"""Start, or reuse, the machine-wide local Batch API server.
+
+Used when no API key and no base URL are configured: every Dagster process on the
+machine (webserver, daemon, run workers, code servers) finds the same detached server
+through a small state file guarded by a file lock, so batches submitted by one process
+are seen by the others.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+STATE_DIR_ENV = "INFERENCE_LOCAL_SERVER_DIR"
+STARTUP_TIMEOUT_SECONDS = 30.0
+
+
+def default_state_dir() -> Path:
+    """Where the shared local server keeps its data: ``$INFERENCE_LOCAL_SERVER_DIR`` or
+    ``~/.cache/dagster-inference-batch/local-server``."""
+    configured = os.environ.get(STATE_DIR_ENV)
+    if configured:
+        return Path(configured)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dagster-inference-batch" / "local-server"
+
+
+@contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "server.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _is_listening(base_url: str) -> bool:
+    parsed = urlparse(base_url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _spawn(state_dir: Path) -> str:
+    log_path = state_dir / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "dagster_inference_batch.local_server.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        str(state_dir / "data"),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives the Dagster process that started it
+        )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if line.startswith("http://") and line.rstrip().endswith("/v1"):
+                return line.strip()
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(
+        f"the local Batch API server did not start; see {log_path}:\n"
+        + log_path.read_text(errors="replace")[-2000:]
+    )
+
+
+def ensure_local_server(state_dir: Path | None = None) -> str:
+    """Return the base URL of the shared local server, starting it if none is running.
+
+    Example:
+        >>> ensure_local_server()  # doctest: +SKIP
+        'http://127.0.0.1:40123/v1'
+    """
+    state_dir = state_dir or default_state_dir()
+    state_file = state_dir / "server.json"
+    with _locked(state_dir):
+        if state_file.exists():
+            base_url = json.loads(state_file.read_text())["base_url"]
+            if _is_listening(base_url):
+                return base_url
+        base_url = _spawn(state_dir)
+        state_file.write_text(json.dumps({"base_url": base_url}))
+        return base_url
