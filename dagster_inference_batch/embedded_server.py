@@ -54,7 +54,7 @@ def _is_listening(base_url: str) -> bool:
         return False
 
 
-def _spawn(state_dir: Path) -> str:
+def _spawn(state_dir: Path) -> dict[str, object]:
     log_path = state_dir / "server.log"
     command = [
         sys.executable,
@@ -80,7 +80,7 @@ def _spawn(state_dir: Path) -> str:
     while time.monotonic() < deadline:
         for line in log_path.read_text(errors="replace").splitlines():
             if line.startswith("http://") and line.rstrip().endswith("/v1"):
-                return line.strip()
+                return {"base_url": line.strip(), "pid": process.pid}
         if process.poll() is not None:
             break
         time.sleep(0.05)
@@ -105,6 +105,6 @@ def ensure_local_server(state_dir: Path | None = None) -> str:
             base_url = json.loads(state_file.read_text())["base_url"]
             if _is_listening(base_url):
                 return base_url
-        base_url = _spawn(state_dir)
-        state_file.write_text(json.dumps({"base_url": base_url}))
-        return base_url
+        state = _spawn(state_dir)
+        state_file.write_text(json.dumps(state))
+        return str(state["base_url"])

@@ -1,0 +1,78 @@
+"""InferenceBatchResource: configuration, the shared local server, cost."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from dagster_inference_batch import InferenceBatchResource
+from dagster_inference_batch.client import DEFAULT_BASE_URL
+from dagster_inference_batch.embedded_server import STATE_DIR_ENV
+
+
+@pytest.fixture
+def no_provider_env(monkeypatch):
+    for name in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def local_state_dir(tmp_path, monkeypatch, no_provider_env):
+    state_dir = tmp_path / "local-server"
+    monkeypatch.setenv(STATE_DIR_ENV, str(state_dir))
+    yield state_dir
+    state_file = state_dir / "server.json"
+    if state_file.exists():
+        os.kill(json.loads(state_file.read_text())["pid"], signal.SIGTERM)
+
+
+def test_explicit_base_url_wins(no_provider_env):
+    resource = InferenceBatchResource(api_key="k", base_url="http://127.0.0.1:9/v1")
+    assert resource.get_client().base_url == "http://127.0.0.1:9/v1"
+
+
+def test_environment_base_url_overrides_the_default(no_provider_env, monkeypatch):
+    monkeypatch.setenv("INFERENCE_BASE_URL", "http://127.0.0.1:9/v1")
+    assert InferenceBatchResource(api_key="k").get_client().base_url == "http://127.0.0.1:9/v1"
+
+
+def test_a_key_alone_means_inference_net(no_provider_env):
+    assert InferenceBatchResource(api_key="k").get_client().base_url == DEFAULT_BASE_URL
+
+
+def test_no_key_starts_one_shared_local_server(local_state_dir, caplog):
+    caplog.set_level(logging.WARNING)
+    first = InferenceBatchResource().get_client()
+    again = InferenceBatchResource().get_client()
+    assert first.base_url == again.base_url
+    assert first.base_url.startswith("http://127.0.0.1:")
+    warnings = [r.getMessage() for r in caplog.records if "synthetic" in r.getMessage()]
+    assert len(warnings) == 1
+
+    # another process on the machine finds the same server rather than starting its own
+    code = (
+        "from dagster_inference_batch import InferenceBatchResource;"
+        "print(InferenceBatchResource().get_client().base_url)"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert other.stdout.strip() == first.base_url
+
+    # and the server answers: a batch submitted here is listed there
+    assert list(first.list_batches(limit=1)) == []
+
+
+def test_cost_needs_both_prices():
+    usage = {"input_tokens": 2_000_000, "output_tokens": 1_000_000}
+    assert InferenceBatchResource(api_key="k").cost(usage) is None
+    priced = InferenceBatchResource(
+        api_key="k", price_per_million_input_tokens=0.5, price_per_million_output_tokens=2.0
+    )
+    assert priced.cost(usage) == pytest.approx(3.0)
