@@ -1,0 +1,93 @@
+"""Server options: one dataclass, mapped to and from command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServerConfig:
+    """Every option of the local Batch API server (each one is also a `--flag`)."""
+
+    data_dir: Path = field(metadata={"help": "directory holding the SQLite state and the files"})
+    host: str = _opt("127.0.0.1", "interface to bind")
+    port: int = _opt(8787, "port to bind; 0 picks a free one")
+    requests_per_second: float | None = _opt(None, "processing speed; unset or 0 = flat out")
+    validating_seconds: float = _opt(0.2, "time a batch spends in `validating`")
+    finalizing_seconds: float = _opt(0.2, "time a batch spends in `finalizing`/`cancelling`")
+    expire_after: float | None = _opt(None, "seconds until a batch expires (default 24h)")
+    failure_rate: float = _opt(0.0, "fraction of requests answered with a 4xx/5xx body")
+    fault_rate: float = _opt(0.0, "fraction of API calls answered 500, 429 or dropped")
+    latency_ms: float = _opt(0.0, "added latency per API call")
+    api_key: str | None = _opt(None, "required bearer token; unset = any non-empty bearer")
+    allow_insecure_webhooks: bool = _opt(False, "allow plain-http webhook_url to loopback")
+    max_requests_per_batch: int = _opt(50_000, "batches with more requests fail validation")
+    responder: str = _opt("offline", "offline | upstream")
+    upstream_url: str | None = _opt(None, "base URL of an OpenAI-compatible server (.../v1)")
+    upstream_api_key: str | None = _opt(None, "bearer for the upstream server")
+    upstream_concurrency: int = _opt(8, "concurrent upstream requests")
+    upstream_model: str | None = _opt(None, "override the model of every forwarded body")
+    seed: int = _opt(0, "seed for output order, failures and faults")
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.responder not in ("offline", "upstream"):
+            raise ValueError(f"responder must be 'offline' or 'upstream', not {self.responder!r}")
+        if self.responder == "upstream" and not self.upstream_url:
+            raise ValueError("responder 'upstream' needs upstream_url")
+        for name in ("failure_rate", "fault_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+
+    @staticmethod
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Declare one flag per field."""
+        for f in dataclasses.fields(cls):
+            kind = _scalar_type(f.type)
+            if kind is bool:
+                parser.add_argument(cls.flag(f.name), action="store_true", help=f.metadata["help"])
+            elif f.default is dataclasses.MISSING:
+                parser.add_argument(
+                    cls.flag(f.name), type=kind, required=True, help=f.metadata["help"]
+                )
+            else:
+                parser.add_argument(
+                    cls.flag(f.name), type=kind, default=f.default, help=f.metadata["help"]
+                )
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> ServerConfig:
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+    def to_argv(self) -> list[str]:
+        """The flags that reproduce this config (defaults left out)."""
+        argv: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "data_dir" and value == f.default:
+                continue
+            if value is True:
+                argv.append(self.flag(f.name))
+            elif value is not None and value is not False:
+                argv += [self.flag(f.name), str(value)]
+        return argv
+
+
+def _scalar_type(annotation: Any) -> type:
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("float", float), ("int", int), ("Path", Path)):
+        if text.startswith(name):
+            return kind
+    return str

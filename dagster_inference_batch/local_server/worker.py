@@ -1,0 +1,360 @@
+"""The background worker: moves batches through their lifecycle and writes result files.
+
+Requests are answered in chunks, in a shuffled order fixed by the seed and the batch id.
+After each chunk the result lines are appended to the partial output/error files and the
+progress (requests done, file sizes, counts, usage) is committed to SQLite in one
+transaction. A restart truncates the partial files to the committed sizes and goes on, so a
+killed server loses nothing and writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import random
+import secrets
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from .config import ServerConfig
+from .responders import Reply, Responder, error_body
+from .store import Store, new_id, truncate
+from .validation import Span, check_input, request_spans
+from .webhooks import batch_event, deliver
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 0.02
+_FAILURES = (
+    (400, "invalid_value", "The request was rejected (simulated failure)."),
+    (429, "rate_limit_exceeded", "Rate limit reached (simulated failure)."),
+    (500, "server_error", "The model failed to answer (simulated failure)."),
+)
+
+
+@dataclass
+class _Run:
+    """Open resources of one in-progress batch."""
+
+    buffer: mmap.mmap | bytes
+    spans: list[Span]
+    order: list[int]
+    output: BinaryIO
+    errors: BinaryIO
+    credit: float = 0.0
+    last_tick: float = 0.0
+
+    def close(self) -> None:
+        self.output.close()
+        self.errors.close()
+        if isinstance(self.buffer, mmap.mmap):
+            self.buffer.close()
+
+
+class Worker:
+    """Runs in a thread of the server process; picks up every unfinished batch at start."""
+
+    def __init__(self, store: Store, config: ServerConfig, responder: Responder) -> None:
+        self.store = store
+        self.config = config
+        self.responder = responder
+        self.wake = threading.Event()
+        self._stopping = threading.Event()
+        self._runs: dict[str, _Run] = {}
+        self._thread = threading.Thread(target=self._loop, name="batch-worker", daemon=True)
+
+    def start(self) -> None:
+        for row in self.store.pending_webhooks():
+            self._notify(row["id"], row["webhook_url"], row["status"])
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wake.set()
+        self._thread.join(timeout=30)
+        for run in self._runs.values():
+            run.close()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            busy = False
+            for row in self.store.active_batches():
+                try:
+                    busy |= self._advance(row)
+                except Exception:
+                    log.exception("batch %s: worker step failed", row["id"])
+                    self._drop_run(row["id"])
+                if self._stopping.is_set():
+                    return
+            if not busy:
+                self.wake.wait(IDLE_SECONDS)
+                self.wake.clear()
+
+    def _advance(self, row: dict[str, Any]) -> bool:
+        """One step for one batch; True when it did work."""
+        now, status = time.time(), row["status"]
+        if status in ("validating", "in_progress") and now >= row["expires_ts"]:
+            self._finish(row, "expired", "batch_expired")
+        elif status == "validating" and now >= row["phase_ts"] + self.config.validating_seconds:
+            self._validate(row)
+        elif status == "in_progress":
+            return self._process(row, now)
+        elif status == "finalizing" and now >= row["phase_ts"] + self.config.finalizing_seconds:
+            self._finish(row, "completed", None)
+        elif status == "cancelling" and now >= row["phase_ts"] + self.config.finalizing_seconds:
+            self._finish(row, "cancelled", "batch_cancelled")
+        else:
+            return False
+        return True
+
+    # phases
+
+    def _validate(self, row: dict[str, Any]) -> None:
+        path = self.store.file_path(row["input_file_id"])
+        try:
+            buffer = _map(path.open("rb"))
+        except FileNotFoundError:
+            self._fail(row, [_error("file_not_found", "The input file was deleted.")])
+            return
+        check = check_input(
+            buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
+        )
+        if check.errors:
+            _close(buffer)
+            self._fail(row, check.errors)
+            return
+        now = time.time()
+        fields = {
+            "status": "in_progress",
+            "in_progress_at": int(now),
+            "phase_ts": now,
+            "total": len(check.spans),
+            "model": check.model,
+            "partial_output_id": new_id("file-"),
+            "partial_error_id": new_id("file-"),
+        }
+        with self.store.transaction() as db:
+            started = self.store.update_batch(db, row["id"], expect=("validating",), **fields)
+        if started:
+            self._runs[row["id"]] = self._open_run({**row, **fields}, buffer, check.spans)
+        else:
+            _close(buffer)
+
+    def _process(self, row: dict[str, Any], now: float) -> bool:
+        run = self._run(row)
+        remaining = row["total"] - row["done"]
+        count = min(remaining, self.responder.chunk_size)
+        rate = self.config.requests_per_second
+        if rate:
+            run.credit = min(run.credit + (now - (run.last_tick or now)) * rate, rate + 1)
+            run.last_tick = now
+            count = min(count, int(run.credit))
+            run.credit -= count
+        if count <= 0 and remaining > 0:
+            return False
+        tally = self._answer(row, run, run.order[row["done"] : row["done"] + count])
+        done = row["done"] + count
+        with self.store.transaction() as db:
+            self._commit_progress(db, row, run, done, tally)
+            if done >= row["total"]:
+                now = time.time()
+                self.store.update_batch(
+                    db,
+                    row["id"],
+                    expect=("in_progress",),
+                    status="finalizing",
+                    finalizing_at=int(now),
+                    phase_ts=now,
+                )
+        return True
+
+    def _finish(self, row: dict[str, Any], status: str, leftover_code: str | None) -> None:
+        """Move to a final status; unanswered requests go to the error file with `leftover_code`."""
+        now = time.time()
+        fields: dict[str, Any] = {"status": status, f"{status}_at": int(now)}
+        with self.store.transaction() as db:
+            if row["partial_output_id"]:
+                run = self._run(row)
+                tally = self._leftovers(row, run, leftover_code) if leftover_code else _Tally()
+                self._commit_progress(db, row, run, row["total"], tally)
+                for kind, file_id, stream in (
+                    ("output", row["partial_output_id"], run.output),
+                    ("error", row["partial_error_id"], run.errors),
+                ):
+                    if stream.tell():
+                        name = f"{row['id']}_{kind}.jsonl"
+                        self.store.add_file(db, file_id, stream.tell(), name, "batch_output")
+                        fields[f"{kind}_file_id"] = file_id
+            if row["webhook_url"]:
+                fields["webhook_pending"] = 1
+            if not self.store.update_batch(db, row["id"], expect=(row["status"],), **fields):
+                raise RuntimeError(f"status of {row['id']} changed while finishing")
+        self._drop_run(row["id"])
+        self._discard_empty_partials(row)
+        self._notify(row["id"], row["webhook_url"], status)
+
+    def _fail(self, row: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.store.transaction() as db:
+            failed = self.store.update_batch(
+                db,
+                row["id"],
+                expect=(row["status"],),
+                status="failed",
+                failed_at=int(now),
+                errors=orjson.dumps(errors).decode(),
+                webhook_pending=int(bool(row["webhook_url"])),
+            )
+        if failed:
+            self._notify(row["id"], row["webhook_url"], "failed")
+
+    # requests
+
+    def _answer(self, row: dict[str, Any], run: _Run, indices: list[int]) -> _Tally:
+        lines = [orjson.loads(run.buffer[slice(*run.spans[i])]) for i in indices]
+        replies: list[Reply | None] = [self._simulated_failure(line["custom_id"]) for line in lines]
+        todo = [i for i, reply in enumerate(replies) if reply is None]
+        answers = self.responder.respond_many(row["endpoint"], [lines[i]["body"] for i in todo])
+        for i, answer in zip(todo, answers, strict=True):
+            replies[i] = answer
+        tally = _Tally()
+        for line, reply in zip(lines, replies, strict=True):
+            assert reply is not None
+            tally.add(line["custom_id"], reply)
+        tally.write(run)
+        return tally
+
+    def _leftovers(self, row: dict[str, Any], run: _Run, code: str) -> _Tally:
+        reason = "expired" if code == "batch_expired" else "was cancelled"
+        message = f"This request could not be executed before the batch {reason}."
+        tally = _Tally()
+        for i in run.order[row["done"] :]:
+            custom_id = orjson.loads(run.buffer[slice(*run.spans[i])])["custom_id"]
+            tally.add(custom_id, Reply(None, {"code": code, "message": message}))
+        tally.write(run)
+        return tally
+
+    def _simulated_failure(self, custom_id: str) -> Reply | None:
+        rate = self.config.failure_rate
+        if not rate:
+            return None
+        draw = zlib.crc32(f"{self.config.seed}:{custom_id}".encode())
+        if draw / 2**32 >= rate:
+            return None
+        status, code, message = _FAILURES[draw % len(_FAILURES)]
+        return Reply(status, error_body(status, message, code))
+
+    # bookkeeping
+
+    def _commit_progress(
+        self, db: Any, row: dict[str, Any], run: _Run, done: int, tally: _Tally
+    ) -> None:
+        self.store.update_batch(
+            db,
+            row["id"],
+            done=done,
+            completed=row["completed"] + tally.completed,
+            failed=row["failed"] + tally.failed,
+            input_tokens=row["input_tokens"] + tally.input_tokens,
+            output_tokens=row["output_tokens"] + tally.output_tokens,
+            output_offset=run.output.tell(),
+            error_offset=run.errors.tell(),
+        )
+
+    def _run(self, row: dict[str, Any]) -> _Run:
+        run = self._runs.get(row["id"])
+        if run is None:
+            buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
+            run = self._runs[row["id"]] = self._open_run(row, buffer, request_spans(buffer))
+        return run
+
+    def _open_run(self, row: dict[str, Any], buffer: mmap.mmap | bytes, spans: list[Span]) -> _Run:
+        order = list(range(len(spans)))
+        random.Random(f"{self.config.seed}:{row['id']}").shuffle(order)
+        streams = []
+        for file_id, offset in (
+            (row["partial_output_id"], row["output_offset"]),
+            (row["partial_error_id"], row["error_offset"]),
+        ):
+            path = self.store.file_path(file_id)
+            truncate(path, offset)
+            streams.append(path.open("ab"))
+        return _Run(buffer, spans, order, *streams)
+
+    def _drop_run(self, batch_id: str) -> None:
+        run = self._runs.pop(batch_id, None)
+        if run is not None:
+            run.close()
+
+    def _discard_empty_partials(self, row: dict[str, Any]) -> None:
+        for file_id in (row["partial_output_id"], row["partial_error_id"]):
+            if file_id and self.store.get_file(file_id) is None:
+                self.store.file_path(file_id).unlink(missing_ok=True)
+
+    def _notify(self, batch_id: str, url: str | None, status: str) -> None:
+        if not url:
+            return
+
+        def done() -> None:
+            with self.store.transaction() as db:
+                self.store.update_batch(db, batch_id, webhook_pending=0)
+
+        deliver(url, batch_event(batch_id, status), done)
+
+
+class _Tally:
+    """Result lines of one chunk and what they add to the batch counters."""
+
+    def __init__(self) -> None:
+        self.output: list[bytes] = []
+        self.errors: list[bytes] = []
+        self.completed = self.failed = self.input_tokens = self.output_tokens = 0
+
+    def add(self, custom_id: str, reply: Reply) -> None:
+        line_id = "batch_req_" + secrets.token_hex(12)
+        if reply.status_code is None:
+            line = {"id": line_id, "custom_id": custom_id, "response": None, "error": reply.body}
+        else:
+            response = {
+                "status_code": reply.status_code,
+                "request_id": "req_" + secrets.token_hex(16),
+                "body": reply.body,
+            }
+            line = {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+        if reply.status_code is not None and 200 <= reply.status_code < 300:
+            self.completed += 1
+            usage = reply.body.get("usage") or {}
+            self.input_tokens += usage.get("prompt_tokens") or 0
+            self.output_tokens += usage.get("completion_tokens") or 0
+            self.output.append(orjson.dumps(line) + b"\n")
+        else:
+            self.failed += 1
+            self.errors.append(orjson.dumps(line) + b"\n")
+
+    def write(self, run: _Run) -> None:
+        for stream, lines in ((run.output, self.output), (run.errors, self.errors)):
+            if lines:
+                stream.write(b"".join(lines))
+                stream.flush()
+
+
+def _map(handle: BinaryIO) -> mmap.mmap | bytes:
+    """Memory-map a file (an empty file cannot be mapped: give empty bytes)."""
+    with handle:
+        if handle.seek(0, 2) == 0:
+            return b""
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _close(buffer: mmap.mmap | bytes) -> None:
+    if isinstance(buffer, mmap.mmap):
+        buffer.close()
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": None, "line": None}
