@@ -1,0 +1,205 @@
+"""Fixtures and helpers for tests that talk to the local Batch API server over HTTP.
+
+Registered for every test in `tests/conftest.py`:
+
+- `batch_server(**options) -> LocalBatchServer`: a factory; each call starts a server in a
+  fresh data dir (or `data_dir=...`) with fast phase delays unless overridden; all are
+  stopped at teardown.
+- `shared_batch_server`: one session-wide server with fast defaults, `api_key="test-key"`
+  and plain-http loopback webhooks allowed.
+- `webhook_receiver`: a loopback HTTP endpoint recording the JSON POSTed to it
+  (`.url`, `.events`, `.wait_for(count)`).
+- `openapi_validate(instance, schema_name)`: validates against the OpenAI spec in
+  `../shared/reference/`; skips the test when the spec is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from dagster_inference_batch.local_server import LocalBatchServer
+
+SHARED_API_KEY = "test-key"
+FAST_OPTIONS: dict[str, Any] = {"validating_seconds": 0.05, "finalizing_seconds": 0.05}
+FINAL_STATUSES = ("completed", "failed", "expired", "cancelled")
+SPEC_PATH = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "reference"
+    / "openai-files-batches.openapi.json"
+)
+
+
+@pytest.fixture
+def batch_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LocalBatchServer]]:
+    servers: list[LocalBatchServer] = []
+
+    def start(**options: Any) -> LocalBatchServer:
+        data_dir = options.pop("data_dir", None) or tmp_path_factory.mktemp("batch-server")
+        server = LocalBatchServer(data_dir, **{**FAST_OPTIONS, **options})
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBatchServer]:
+    server = LocalBatchServer(
+        tmp_path_factory.mktemp("shared-batch-server"),
+        api_key=SHARED_API_KEY,
+        allow_insecure_webhooks=True,
+        **FAST_OPTIONS,
+    )
+    with server:
+        yield server
+
+
+def sdk_client(
+    server: LocalBatchServer, api_key: str = SHARED_API_KEY, **kwargs: Any
+) -> openai.OpenAI:
+    """An openai SDK client for `server` (no retries unless asked)."""
+    kwargs.setdefault("max_retries", 0)
+    return openai.OpenAI(base_url=server.base_url, api_key=api_key, **kwargs)
+
+
+def request_line(custom_id: str, content: str = "hello", **body: Any) -> dict[str, Any]:
+    """One chat-completions request line."""
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "test-model", "messages": [{"role": "user", "content": content}], **body},
+    }
+
+
+def jsonl(lines: Iterable[Any]) -> bytes:
+    """JSONL bytes; `bytes`/`str` items are written as they are (for malformed lines)."""
+    out = []
+    for line in lines:
+        out.append(
+            line.encode()
+            if isinstance(line, str)
+            else line
+            if isinstance(line, bytes)
+            else orjson.dumps(line)
+        )
+    return b"\n".join(out) + b"\n"
+
+
+def submit(
+    client: openai.OpenAI,
+    lines: Iterable[Any],
+    endpoint: str = "/v1/chat/completions",
+    **create: Any,
+) -> Any:
+    """Upload `lines` and create a batch over them; returns the Batch."""
+    upload = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    return client.batches.create(
+        input_file_id=upload.id, endpoint=endpoint, completion_window="24h", **create
+    )
+
+
+def wait_final(client: openai.OpenAI, batch_id: str, timeout: float = 60.0) -> Any:
+    """Poll until the batch reaches a final status; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in FINAL_STATUSES:
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch_id} still {batch.status}")
+        time.sleep(0.05)
+
+
+def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    """The parsed lines of an output/error file (none when the id is None)."""
+    if file_id is None:
+        return []
+    return [orjson.loads(line) for line in client.files.content(file_id).content.splitlines()]
+
+
+def _openapi_31(node: Any) -> Any:
+    """Turn OpenAPI 3.0 `nullable: true` into JSON Schema (`type: [T, "null"]`)."""
+    if isinstance(node, list):
+        return [_openapi_31(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _openapi_31(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable") is True and "type" in out:
+        types = out["type"] if isinstance(out["type"], list) else [out["type"]]
+        out["type"] = [*types, "null"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def openapi_validate() -> Callable[[Any, str], None]:
+    if not SPEC_PATH.exists():
+        pytest.skip(f"OpenAI spec not found at {SPEC_PATH} (shared/ is a sibling of the clone)")
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    spec = _openapi_31(json.loads(SPEC_PATH.read_text()))
+    registry = Registry().with_resource("urn:openai-spec", Resource(spec, DRAFT202012))
+
+    def validate(instance: Any, schema_name: str) -> None:
+        assert schema_name in spec["components"]["schemas"], schema_name
+        schema = {"$ref": f"urn:openai-spec#/components/schemas/{schema_name}"}
+        Draft202012Validator(schema, registry=registry).validate(instance)
+
+    return validate
+
+
+class WebhookReceiver:
+    """Records the JSON bodies POSTed to `url`."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        received = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                length = int(self.headers.get("Content-Length", 0))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.events
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
