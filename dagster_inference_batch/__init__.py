@@ -1,5 +1,6 @@
 """LLM batch inference (Inference.net, OpenAI and compatible Batch APIs) for Dagster."""
 
+from .assets import InferenceBatchDefinitions, build_inference_batch_assets
 from .client import InferenceBatchClient
 from .errors import (
     BatchAPIError,
@@ -17,6 +18,8 @@ __all__ = [
     "BatchShard",
     "BatchWaitTimeout",
     "InferenceBatchClient",
+    "InferenceBatchDefinitions",
     "InferenceBatchResource",
     "InvalidBatchInput",
+    "build_inference_batch_assets",
 ]

@@ -1,0 +1,56 @@
+"""The ``<name>_cancel`` job: cancel the in-flight batches of one partition."""
+
+import dagster as dg
+
+from .metadata import batch_metadata
+from .resource import InferenceBatchResource
+from .state import CANCEL_KEY, latest_job
+
+
+def build_cancel_job(
+    name: str,
+    *,
+    batch_key: dg.AssetKey,
+    resource_key: str,
+    partitions_def: dg.PartitionsDefinition | None,
+) -> dg.JobDefinition:
+    """A job (partitioned like the assets) that cancels the selected partition's batches.
+
+    The cancel is recorded as a ``<name>_batch`` materialization marked
+    ``inference_batch/cancel_requested``: the sensor then collects what finished instead
+    of resubmitting the rest.
+    """
+
+    @dg.op(name=f"{name}_cancel_batches", required_resource_keys={resource_key})
+    def cancel_batches(context: dg.OpExecutionContext) -> None:
+        partition = context.partition_key if context.has_partition_key else None
+        where = f" partition {partition}" if partition else ""
+        recorded = latest_job(context.instance, batch_key, partition)
+        if recorded is None:
+            raise dg.Failure(f"no batch recorded for {batch_key.to_user_string()}{where}")
+        resource: InferenceBatchResource = getattr(context.resources, resource_key)
+        with resource.get_client() as client:
+            job = client.refresh(recorded.job)
+            if job.is_final:
+                context.log.info(f"nothing to cancel{where}: the batches are {job.status}")
+                return
+            job = client.cancel(job)
+        context.log.info(f"cancelling {', '.join(job.batch_ids)}{where}")
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=batch_key,
+                partition=partition,
+                description="cancel requested; finished results are kept",
+                metadata={**batch_metadata(job), CANCEL_KEY: True},
+            )
+        )
+
+    @dg.job(
+        name=f"{name}_cancel",
+        partitions_def=partitions_def,
+        description=f"Cancel the in-flight batches of {batch_key.to_user_string()}.",
+    )
+    def cancel_job() -> None:
+        cancel_batches()
+
+    return cancel_job

@@ -1,0 +1,48 @@
+"""Turn each answer's ``content`` into columns of the results table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pandas as pd
+
+ContentParser = Callable[[str], Mapping[str, Any]]
+PARSE_ERROR_COLUMN = "parse_error"
+
+
+def parse_content_columns(frame: pd.DataFrame, parse: ContentParser) -> pd.DataFrame:
+    """Add the keys ``parse(content)`` returns, for each succeeded row, as columns.
+
+    Rows that did not succeed get empty values; a row whose content ``parse`` refuses
+    (``ValueError``, ``TypeError``, ``KeyError``) keeps the reason in ``parse_error``.
+
+    Example:
+        >>> import json
+        >>> frame = pd.DataFrame({"status": ["succeeded", "failed"],
+        ...                       "content": ['{"mood": "happy"}', None]})
+        >>> parse_content_columns(frame, json.loads)["mood"].tolist()
+        ['happy', None]
+    """
+    parsed: list[Mapping[str, Any]] = []
+    errors: list[str | None] = []
+    for status, content in zip(frame["status"], frame["content"], strict=True):
+        values: Mapping[str, Any] = {}
+        error = None
+        if status == "succeeded":
+            try:
+                values = parse(content)
+                if not isinstance(values, Mapping):
+                    raise TypeError(f"parser returned {type(values).__name__}, not a mapping")
+            except (ValueError, TypeError, KeyError) as exc:
+                values, error = {}, f"{type(exc).__name__}: {exc}"
+        parsed.append(values)
+        errors.append(error)
+    columns = pd.DataFrame.from_records(parsed, index=frame.index).astype(object)
+    columns = columns.where(columns.notna(), None)
+    clashes = sorted(set(columns.columns) & set(frame.columns))
+    if clashes:
+        raise ValueError(f"parsed content keys clash with result columns: {clashes}")
+    out = pd.concat([frame, columns], axis=1)
+    out[PARSE_ERROR_COLUMN] = errors
+    return out

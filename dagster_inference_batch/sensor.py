@@ -1,0 +1,193 @@
+"""The ``<name>_sensor``: watch in-flight batches, resubmit leftovers, request results.
+
+Each tick reads the jobs not yet collected from the event log (the latest
+``<name>_batch`` materialization per partition that is newer than the partition's
+results), refreshes them concurrently within a time budget, and then:
+
+- records an ``AssetObservation`` on ``<name>_batch`` when progress changed;
+- resubmits an expired or cancelled remainder while attempts remain, recorded as a new
+  ``<name>_batch`` materialization carrying the new job;
+- otherwise, once every shard is final, requests one ``<name>_collect`` run whose
+  ``run_key`` names that materialization and its final status.
+
+The cursor only remembers what the event log cannot answer cheaply: the progress last
+reported, the partitions a tick did not reach (they go first next time) and the
+materializations whose results run was already requested. Losing it costs a repeated
+observation, never a duplicate run (Dagster drops a repeated ``run_key``).
+"""
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import dagster as dg
+import orjson
+
+from .budget import map_within_budget
+from .client import InferenceBatchClient
+from .job import BatchJob
+from .metadata import batch_metadata, progress_metadata
+from .resource import InferenceBatchResource
+from .state import Action, RecordedJob, next_action, uncollected_jobs
+
+DEFAULT_BUDGET_SECONDS = 40.0  # the daemon gives a tick 60 s
+
+
+@dataclass
+class _Cursor:
+    progress: dict[str, str] = field(default_factory=dict)
+    requested: dict[str, int] = field(default_factory=dict)
+    resume: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, text: str | None) -> "_Cursor":
+        return cls(**orjson.loads(text)) if text else cls()
+
+    def dump(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    recorded: RecordedJob
+    job: BatchJob
+    action: Action
+    resubmitted: BatchJob | None = None
+
+
+def _slot(recorded: RecordedJob) -> str:
+    return recorded.partition or ""
+
+
+def _signature(job: BatchJob) -> str:
+    counts = job.request_counts()
+    return f"{job.status}|{job.attempt}|{counts['completed']}|{counts['failed']}|{counts['total']}"
+
+
+def _advance(client: InferenceBatchClient, recorded: RecordedJob, max_attempts: int) -> _Outcome:
+    job = client.refresh(recorded.job)
+    action = next_action(job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested)
+    if action != "resubmit":
+        return _Outcome(recorded, job, action)
+    new_job = client.resubmit(job)
+    if new_job.attempt == job.attempt:  # nothing was left to resubmit
+        return _Outcome(recorded, job, "collect")
+    return _Outcome(recorded, job, action, resubmitted=new_job)
+
+
+def _describe(jobs: list[BatchJob], waiting: int, not_reached: int) -> str:
+    """What a tick saw, for the skip reason."""
+    if not jobs and not waiting:
+        return "no batches in flight"
+    statuses = Counter(job.status for job in jobs)
+    counts = [job.request_counts() for job in jobs]
+    done = sum(c["completed"] + c["failed"] for c in counts)
+    total = sum(c["total"] for c in counts)
+    text = f"{len(jobs)} job(s) watched"
+    if jobs:
+        by_status = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        text += f" ({by_status}; {done}/{total} requests done)"
+    text += f"; {waiting} waiting for a requested results run"
+    if not_reached:
+        text += f"; {not_reached} not reached this tick, first next tick"
+    return text
+
+
+def build_sensor(
+    name: str,
+    *,
+    batch_key: dg.AssetKey,
+    results_key: dg.AssetKey,
+    collect_job_name: str,
+    resource_key: str,
+    partitioned: bool,
+    max_attempts: int,
+    interval_seconds: int,
+    budget_seconds: float,
+) -> dg.SensorDefinition:
+    """The polling sensor of one pipeline (running by default)."""
+
+    @dg.sensor(
+        name=f"{name}_sensor",
+        job_name=collect_job_name,
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={resource_key},
+        description=f"Watches {batch_key.to_user_string()}, resubmits expired requests and "
+        f"requests {results_key.to_user_string()} when the batches are done.",
+    )
+    def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        cursor = _Cursor.load(context.cursor)
+        jobs = uncollected_jobs(context.instance, batch_key, results_key, partitioned=partitioned)
+        waiting = {_slot(r) for r in jobs if cursor.requested.get(_slot(r)) == r.storage_id}
+        active = {_slot(r): r for r in jobs if _slot(r) not in waiting}
+        order = [s for s in cursor.resume if s in active]
+        order += [s for s in active if s not in order]
+        resource: InferenceBatchResource = getattr(context.resources, resource_key)
+        with resource.get_client() as client:
+            done, not_reached = map_within_budget(
+                lambda slot: _advance(client, active[slot], max_attempts),
+                order,
+                budget_seconds=budget_seconds,
+            )
+
+        events: list[dg.AssetObservation | dg.AssetMaterialization] = []
+        run_requests: list[dg.RunRequest] = []
+        live = {_slot(r) for r in jobs}
+        next_cursor = _Cursor(
+            progress={s: p for s, p in cursor.progress.items() if s in live},
+            requested={s: i for s, i in cursor.requested.items() if s in live},
+            resume=not_reached,
+        )
+        for slot, outcome in done:
+            if isinstance(outcome, BaseException):
+                context.log.warning(f"{name}: could not refresh partition {slot!r}: {outcome}")
+                next_cursor.resume.append(slot)
+                continue
+            recorded, job = outcome.recorded, outcome.job
+            if next_cursor.progress.get(slot) != _signature(job):
+                events.append(
+                    dg.AssetObservation(
+                        asset_key=batch_key,
+                        partition=recorded.partition,
+                        metadata=progress_metadata(job),
+                    )
+                )
+                next_cursor.progress[slot] = _signature(job)
+            if outcome.resubmitted is not None:
+                new_job = outcome.resubmitted
+                context.log.info(
+                    f"{name}: resubmitted the {job.status} remainder of partition {slot!r} "
+                    f"as attempt {new_job.attempt} ({', '.join(new_job.batch_ids)})"
+                )
+                events.append(
+                    dg.AssetMaterialization(
+                        asset_key=batch_key,
+                        partition=recorded.partition,
+                        description=f"attempt {new_job.attempt}: resubmitted what "
+                        f"{job.status} in attempt {job.attempt}",
+                        metadata=batch_metadata(new_job),
+                    )
+                )
+                next_cursor.progress[slot] = _signature(new_job)
+            elif outcome.action == "collect":
+                run_requests.append(
+                    dg.RunRequest(
+                        run_key=f"{name}:{slot}:{recorded.storage_id}:{job.status}",
+                        partition_key=recorded.partition,
+                        tags={"inference_batch/status": job.status},
+                    )
+                )
+                next_cursor.requested[slot] = recorded.storage_id
+        seen = {slot: r.job for slot, r in active.items()}
+        seen.update((slot, o.job) for slot, o in done if isinstance(o, _Outcome))
+        skip = None
+        if not run_requests:
+            skip = _describe(list(seen.values()), len(waiting), len(next_cursor.resume))
+        return dg.SensorResult(
+            run_requests=run_requests,
+            asset_events=events,
+            cursor=next_cursor.dump(),
+            skip_reason=skip,
+        )
+
+    return watch
