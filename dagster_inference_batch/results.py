@@ -1,0 +1,269 @@
+"""Batch results: parse output and error files, classify each line, merge attempts, join.
+
+Output lines look like ``{"id", "custom_id", "response": {"status_code", "request_id",
+"body": {...}}, "error": null}`` and error-file lines like ``{"id", "custom_id",
+"response": null, "error": {"code", "message"}}``. Files are read from disk in large
+blocks and parsed line by line with orjson. This module knows nothing about Dagster or
+the openai SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+
+RESULT_COLUMNS = [
+    "custom_id",
+    "status",
+    "content",
+    "finish_reason",
+    "model",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "batch_id",
+    "attempt",
+    "status_code",
+]
+STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing")
+RETRYABLE_STATUS_CODES = frozenset({408, 409, 429})
+RETRYABLE_ERROR_CODES = frozenset(
+    {"rate_limit_exceeded", "server_error", "internal_error", "timeout", "service_unavailable"}
+)
+
+_ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
+_INT_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "attempt", "status_code")
+_LINE_FIELDS = RESULT_COLUMNS[:10] + ["status_code"]  # what one line yields, in this order
+_BLOCK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A downloaded output or error file of one batch attempt."""
+
+    path: Path
+    kind: Literal["output", "error"]
+    batch_id: str
+    attempt: int
+
+
+def _fields(record: dict[str, Any]) -> tuple[Any, ...]:
+    """One result line as a tuple in ``_LINE_FIELDS`` order."""
+    custom_id = record["custom_id"]
+    error = record.get("error")
+    response = record.get("response") or {}
+    status_code = response.get("status_code")
+    body = response.get("body")
+    if not isinstance(body, dict):
+        body = {}
+    if error:
+        code = error.get("code")
+        status = _ERROR_STATUS.get(code, "failed")
+        return (custom_id, status, None, None, None, code, error.get("message"),
+                None, None, None, status_code)  # fmt: skip
+    if not response:
+        return (custom_id, "failed", None, None, None, "missing_response",
+                "the result line has neither a response nor an error",
+                None, None, None, None)  # fmt: skip
+    if status_code is None or status_code >= 400:
+        detail = body.get("error")
+        detail = detail if isinstance(detail, dict) else {"message": detail}
+        code = detail.get("code") or detail.get("type") or f"http_{status_code}"
+        message = detail.get("message") or f"HTTP {status_code}"
+        return (custom_id, "failed", None, None, None, str(code), message,
+                None, None, None, status_code)  # fmt: skip
+    choices = body.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else choice.get("text")
+    usage = body.get("usage") or {}
+    return (custom_id, "succeeded", content, choice.get("finish_reason"), body.get("model"),
+            None, None, usage.get("prompt_tokens"), usage.get("completion_tokens"),
+            usage.get("total_tokens"), status_code)  # fmt: skip
+
+
+def _blocks(path: Path) -> Iterator[list[bytes]]:
+    """The file's lines, a large block at a time (the last line may lack its newline)."""
+    with open(path, "rb") as f:
+        rest = b""
+        while block := f.read(_BLOCK_BYTES):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            yield lines
+        if rest:
+            yield [rest]
+
+
+def _parse_file(path: Path) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    loads = orjson.loads
+    for lines in _blocks(path):
+        try:
+            rows.extend([_fields(loads(line)) for line in lines if line.strip()])
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            _raise_bad_line(path, len(rows), lines, exc)
+    return rows
+
+
+def _raise_bad_line(path: Path, parsed: int, lines: list[bytes], exc: Exception) -> None:
+    """Name the first unreadable line of a block (slow path, only on error)."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            _fields(orjson.loads(line))
+        except Exception as bad:
+            raise ValueError(
+                f"{path}: result line {parsed + 1} is not a valid batch result ({bad!r}): "
+                f"{line[:200]!r}"
+            ) from exc
+        parsed += 1
+    raise exc
+
+
+def _frame(columns: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)[RESULT_COLUMNS]
+    return frame.astype({c: "Int64" if c in _INT_COLUMNS else "str" for c in RESULT_COLUMNS})
+
+
+def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
+    """Parse output and error files into one row per result line (``RESULT_COLUMNS``).
+
+    ``status`` is ``succeeded`` (status code below 400, no error), ``expired``
+    (``batch_expired``), ``cancelled`` (``batch_cancelled``) or ``failed`` (any other
+    error, or ``error: null`` with a status code of 400 or more: the code and message
+    then come from ``response.body.error``). No files gives an empty frame.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = Path(tempfile.mkdtemp()) / "errors.jsonl"
+        >>> _ = path.write_bytes(b'{"id":"r1","custom_id":"a","response":null,'
+        ...     b'"error":{"code":"batch_expired","message":"expired"}}\\n')
+        >>> parse_result_files([ResultFile(path, "error", "batch_1", 1)])[
+        ...     ["custom_id", "status", "error_code"]].values.tolist()
+        [['a', 'expired', 'batch_expired']]
+    """
+    rows: list[tuple[Any, ...]] = []
+    batch_ids: list[str] = []
+    attempts: list[int] = []
+    for file in files:
+        parsed = _parse_file(Path(file.path))
+        rows.extend(parsed)
+        batch_ids.extend([file.batch_id] * len(parsed))
+        attempts.extend([file.attempt] * len(parsed))
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(_LINE_FIELDS)
+    columns: dict[str, Any] = dict(zip(_LINE_FIELDS, values, strict=True))
+    columns["custom_id"] = [str(c) for c in columns["custom_id"]]
+    columns["batch_id"] = batch_ids
+    columns["attempt"] = attempts
+    return _frame(columns)
+
+
+def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``custom_id``: a success beats anything, otherwise the latest attempt.
+
+    Ties (the same id twice in one attempt) go to the later row. Rows keep the order in
+    which they were parsed.
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["a", "a"], "status": ["expired", "succeeded"],
+        ...                      "attempt": [1, 2]})
+        >>> merge_attempts(rows).status.tolist()
+        ['succeeded']
+    """
+    if frame["custom_id"].is_unique:
+        return frame
+    succeeded = (frame["status"] == "succeeded").to_numpy()
+    attempt = frame["attempt"].astype("Int64").fillna(0).to_numpy(dtype=np.int64)
+    order = np.lexsort((np.arange(len(frame)), attempt, succeeded))  # last key sorts first
+    best = frame.iloc[order].drop_duplicates("custom_id", keep="last")
+    return best.sort_index().reset_index(drop=True)
+
+
+def join_results(
+    frame: pd.DataFrame,
+    custom_ids: Sequence[str],
+    inputs: pd.DataFrame | None = None,
+    id_column: str = "custom_id",
+) -> pd.DataFrame:
+    """Exactly one row per requested ``custom_id``, in that order.
+
+    Ids never answered get status ``missing``; ids not requested are dropped. With
+    ``inputs`` their columns are appended, matched on ``inputs[id_column]`` cast to str
+    (the id column itself is not repeated when it is ``custom_id``; a column named like a
+    result column gets the suffix ``_input``).
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["b", "x"], "status": ["succeeded"] * 2,
+        ...                      "attempt": [1, 1]})
+        >>> join_results(rows, ["a", "b"]).status.tolist()
+        ['missing', 'succeeded']
+    """
+    if not frame["custom_id"].is_unique:
+        frame = merge_attempts(frame)
+    wanted = pd.Index(list(custom_ids), name="custom_id")
+    result = frame.set_index("custom_id").reindex(wanted).reset_index()
+    result["status"] = result["status"].fillna("missing")
+    if inputs is None:
+        return result
+    keys = inputs[id_column].astype(str)
+    if keys.duplicated().any():
+        dup = keys[keys.duplicated()].iloc[0]
+        raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
+    extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
+    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result.columns})
+    if keys.tolist() != wanted.tolist():
+        extra = extra.set_axis(pd.Index(keys)).reindex(wanted)
+    return pd.concat([result, extra.reset_index(drop=True)], axis=1)
+
+
+def collect_results(
+    files: Sequence[ResultFile],
+    custom_ids: Sequence[str],
+    inputs: pd.DataFrame | None = None,
+    id_column: str = "custom_id",
+) -> pd.DataFrame:
+    """Parse, merge attempts and join: the whole results step in one call.
+
+    Example:
+        >>> collect_results([], ["a"]).status.tolist()
+        ['missing']
+    """
+    return join_results(merge_attempts(parse_result_files(files)), custom_ids, inputs, id_column)
+
+
+def leftover_custom_ids(
+    frame: pd.DataFrame, custom_ids: Sequence[str], include_failed: bool = False
+) -> list[str]:
+    """Requested ids still to run: merged status expired, cancelled or missing.
+
+    With ``include_failed`` retryable failures join them: status code 408, 409, 429 or
+    5xx, or an error code such as ``rate_limit_exceeded`` or ``server_error``.
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "expired"],
+        ...                      "attempt": [1, 1], "error_code": [None, "batch_expired"],
+        ...                      "status_code": [200, None]})
+        >>> leftover_custom_ids(rows, ["a", "b", "c"])
+        ['b', 'c']
+    """
+    joined = join_results(frame, custom_ids)
+    status = joined["status"]
+    leftover = status.isin(["expired", "cancelled", "missing"])
+    if include_failed:
+        code = pd.to_numeric(joined["status_code"], errors="coerce")
+        retryable = (
+            code.isin(list(RETRYABLE_STATUS_CODES))
+            | (code >= 500)
+            | joined["error_code"].isin(list(RETRYABLE_ERROR_CODES))
+        )
+        leftover |= (status == "failed") & retryable
+    return joined.loc[leftover, "custom_id"].tolist()
