@@ -426,13 +426,14 @@ def _prompt_lines(
     Works in chunks so the intermediate buffers stay small and are reused.
     """
     id_mark, prompt_mark = _placeholder(), _placeholder()
+    params = {k: v for k, v in body.items() if k != "model"}
     if endpoint == CHAT_ENDPOINT:
         messages = [{"role": "user", "content": prompt_mark}]
         if system_prompt is not None:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        body = {"model": body.pop("model"), "messages": messages, **body}
+        body = {"model": body["model"], "messages": messages, **params}
     else:
-        body = {"model": body.pop("model"), "prompt": prompt_mark, **body}
+        body = {"model": body["model"], "prompt": prompt_mark, **params}
     template = _dumps_checked(
         {"custom_id": id_mark, "method": "POST", "url": endpoint, "body": body},
         "body_params",
@@ -534,7 +535,7 @@ def build_requests(
             ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems
         )
         problems.raise_if_any()
-        return EncodedRequests(endpoint, ids, lines, [model or params["model"]] * len(lines))
+        return EncodedRequests(endpoint, ids, lines, [params["model"]] * len(lines))
     problems.raise_if_any()
     requests = [{"custom_id": i, "body": body} for i, body in zip(ids, bodies, strict=True)]
     return _encode_lines(list(enumerate(requests, 1)), endpoint, max_line_bytes)
