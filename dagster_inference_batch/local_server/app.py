@@ -314,7 +314,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(APIError(500, "The server had an error.", type="server_error"))
 
 
-def create_app(config: ServerConfig) -> Starlette:
+def create_app(config: ServerConfig) -> ASGIApp:
     """The ASGI app; its lifespan runs the batch worker."""
     store = Store(config.data_dir)
     worker = Worker(store, config, make_responder(config))
@@ -337,22 +337,17 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/v1/batches/{batch_id}", api.get_batch, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", api.cancel_batch, methods=["POST"]),
     ]
-    middleware = [
-        Middleware(
-            FaultInjector,
-            fault_rate=config.fault_rate,
-            latency_ms=config.latency_ms,
-            seed=config.seed,
-        ),
-        Middleware(BearerAuth, api_key=config.api_key),
-    ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=middleware,
+        middleware=[Middleware(BearerAuth, api_key=config.api_key)],
         exception_handlers={
             APIError: _api_error,
             HTTPException: _http_error,
             Exception: _server_error,
         },
         lifespan=lifespan,
+    )
+    # Outermost, so that a dropped connection can reach the server's transport.
+    return FaultInjector(
+        app, fault_rate=config.fault_rate, latency_ms=config.latency_ms, seed=config.seed
     )

@@ -45,15 +45,7 @@ class FaultInjector:
 
 async def _fault(kind: str, send: Send) -> None:
     if kind == "drop":
-        # Promise a body, then stop: the server closes the connection mid-response.
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-length", b"1000")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"', "more_body": True})
+        await _drop(send)
         return
     status, code = (429, "rate_limit_exceeded") if kind == "429" else (500, "server_error")
     body = orjson.dumps(
@@ -64,3 +56,20 @@ async def _fault(kind: str, send: Send) -> None:
         headers += [(b"retry-after", b"1"), (b"retry-after-ms", b"200")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drop(send: Send) -> None:
+    """Close the connection without answering, so the client sees a connection error.
+
+    Needs uvicorn's connection transport (reached through its `send`); elsewhere the
+    fallback promises a body and stops short, which the server turns into a closed connection.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None:
+        transport.close()
+        await asyncio.sleep(0.05)  # let the server see the disconnect before the app returns
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]}
+    )
+    await send({"type": "http.response.body", "body": b'{"', "more_body": True})
