@@ -9,6 +9,7 @@ batch per shard, polls until all are final, streams every output file down and c
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -99,8 +100,6 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    import os
-
     try:
         with open("/proc/cpuinfo") as f:
             model = next(
