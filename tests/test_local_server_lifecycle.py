@@ -238,3 +238,11 @@ def test_some_faults_strike_after_the_change(batch_server):
     faulty.stop()
     created = list(sdk_client(batch_server(data_dir=clean.data_dir)).batches.list(limit=100))
     assert 0 < len(created) < attempts
+
+
+def test_deleted_input_file_fails_the_batch(batch_server):
+    client = sdk_client(batch_server(validating_seconds=0.5))
+    created = submit(client, [request_line("a")])
+    client.files.delete(created.input_file_id)
+    batch = wait_final(client, created.id)
+    assert batch.status == "failed" and batch.errors.data[0].code == "file_not_found"

@@ -53,8 +53,14 @@ def deliver(url: str, event: dict[str, object], on_done: Callable[[], None]) -> 
             headers={"Content-Type": "application/json", "User-Agent": "dagster-inference-batch"},
             method="POST",
         )
+        # Loopback receivers are reached directly, whatever proxy the environment names.
+        handlers = (
+            [urllib.request.ProxyHandler({})] if urlsplit(url).hostname in LOOPBACK_HOSTS else []
+        )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+            with urllib.request.build_opener(*handlers).open(
+                request, timeout=TIMEOUT_SECONDS
+            ) as response:
                 response.read()
         except Exception as exc:  # best effort: a broken receiver must not hurt the server
             log.warning("webhook to %s failed: %s", urlsplit(url).netloc, exc)

@@ -86,6 +86,9 @@ class Worker:
             for row in self.store.active_batches():
                 try:
                     busy |= self._advance(row)
+                except FileNotFoundError:
+                    self._drop_run(row["id"])
+                    self._fail(row, [_error("file_not_found", "The input file was deleted.")])
                 except Exception:
                     log.exception("batch %s: worker step failed", row["id"])
                     self._drop_run(row["id"])
@@ -115,12 +118,7 @@ class Worker:
     # phases
 
     def _validate(self, row: dict[str, Any]) -> None:
-        path = self.store.file_path(row["input_file_id"])
-        try:
-            buffer = _map(path.open("rb"))
-        except FileNotFoundError:
-            self._fail(row, [_error("file_not_found", "The input file was deleted.")])
-            return
+        buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
         check = check_input(
             buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
         )
