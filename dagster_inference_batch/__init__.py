@@ -9,6 +9,7 @@ from .errors import (
     InvalidBatchInput,
 )
 from .job import BatchJob, BatchShard
+from .requests import build_requests
 from .resource import InferenceBatchResource
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "InferenceBatchResource",
     "InvalidBatchInput",
     "build_inference_batch_assets",
+    "build_requests",
 ]

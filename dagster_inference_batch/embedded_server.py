@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 STATE_DIR_ENV = "INFERENCE_LOCAL_SERVER_DIR"
+SERVE_SCRIPT = Path(__file__).with_name("local_server") / "_serve.py"
 STARTUP_TIMEOUT_SECONDS = 30.0
 
 
@@ -58,8 +59,7 @@ def _spawn(state_dir: Path) -> dict[str, object]:
     log_path = state_dir / "server.log"
     command = [
         sys.executable,
-        "-m",
-        "dagster_inference_batch.local_server.cli",
+        str(SERVE_SCRIPT),  # starts without importing Dagster: much faster
         "serve",
         "--host",
         "127.0.0.1",

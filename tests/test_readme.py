@@ -1,0 +1,28 @@
+"""The README's Python example runs as written against the local server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_use_it_without_dagster_example_runs(tmp_path, monkeypatch):
+    (example,) = [block for block in python_blocks() if "InferenceBatchClient(" in block]
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    monkeypatch.delenv("INFERENCE_API_KEY", raising=False)
+    ran = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    rows = [line for line in ran.stdout.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    assert len(rows) == 3
+    assert all("succeeded" in row for row in rows)
