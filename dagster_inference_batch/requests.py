@@ -155,7 +155,7 @@ def _check_custom_ids(
     bad = _invalid_text(ids) if bad is None else bad
     problems.add_rows(bad, lambda i: f"{_where(lines[i])}: {_custom_id_problem(ids[i])}", lines)
     bad_set = set(bad)
-    if bad or len(set(ids)) < len(ids):  # the set is the fast check that all are unique
+    if bad or len(set(ids)) < len(ids):  # (bad ids may be unhashable) the set: fast check
         first: dict[str, int] = {}
         dups = []
         for i, v in enumerate(ids):

@@ -9,7 +9,10 @@ the openai SDK.
 
 from __future__ import annotations
 
+import gc
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 RESULT_COLUMNS = [
     "custom_id",
@@ -40,7 +45,9 @@ RETRYABLE_ERROR_CODES = frozenset(
 )
 
 _ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
-_INT_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens", "attempt", "status_code")
+_INT_COLUMNS = frozenset(
+    {"prompt_tokens", "completion_tokens", "total_tokens", "attempt", "status_code"}
+)
 _LINE_FIELDS = RESULT_COLUMNS[:10] + ["status_code"]  # what one line yields, in this order
 _BLOCK_BYTES = 16 << 20
 
@@ -56,7 +63,31 @@ class ResultFile:
 
 
 def _fields(record: dict[str, Any]) -> tuple[Any, ...]:
-    """One result line as a tuple in ``_LINE_FIELDS`` order."""
+    """One result line as a tuple in ``_LINE_FIELDS`` order.
+
+    The usual line, a complete success, is read with plain subscripts (about twice as
+    fast); anything else falls through to :func:`_any_fields`.
+    """
+    try:
+        if record["error"] is None:
+            response = record["response"]
+            status_code = response["status_code"]
+            if status_code < 400:
+                body = response["body"]
+                choice = body["choices"][0]
+                message = choice.get("message")
+                content = choice["text"] if message is None else message["content"]
+                usage = body["usage"]
+                return (record["custom_id"], "succeeded", content, choice["finish_reason"],
+                        body["model"], None, None, usage["prompt_tokens"],
+                        usage["completion_tokens"], usage["total_tokens"], status_code)  # fmt: skip
+    except (KeyError, TypeError, IndexError):
+        pass
+    return _any_fields(record)
+
+
+def _any_fields(record: dict[str, Any]) -> tuple[Any, ...]:
+    """:func:`_fields` for any line, tolerating missing parts."""
     custom_id = record["custom_id"]
     error = record.get("error")
     response = record.get("response") or {}
@@ -90,12 +121,26 @@ def _fields(record: dict[str, Any]) -> tuple[Any, ...]:
             usage.get("total_tokens"), status_code)  # fmt: skip
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: parsing allocates millions of acyclic objects, and the
+    collections it would trigger cost about as much as the parsing itself."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _blocks(path: Path) -> Iterator[list[bytes]]:
     """The file's lines, a large block at a time (the last line may lack its newline)."""
     with open(path, "rb") as f:
         rest = b""
         while block := f.read(_BLOCK_BYTES):
-            lines = (rest + block).split(b"\n")
+            lines = block.split(b"\n")
+            lines[0] = rest + lines[0]
             rest = lines.pop()
             yield lines
         if rest:
@@ -107,7 +152,7 @@ def _parse_file(path: Path) -> list[tuple[Any, ...]]:
     loads = orjson.loads
     for lines in _blocks(path):
         try:
-            rows.extend([_fields(loads(line)) for line in lines if line.strip()])
+            rows.extend([_fields(loads(line)) for line in lines if line and not line.isspace()])
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             _raise_bad_line(path, len(rows), lines, exc)
     return rows
@@ -116,7 +161,7 @@ def _parse_file(path: Path) -> list[tuple[Any, ...]]:
 def _raise_bad_line(path: Path, parsed: int, lines: list[bytes], exc: Exception) -> None:
     """Name the first unreadable line of a block (slow path, only on error)."""
     for line in lines:
-        if not line.strip():
+        if not line or line.isspace():
             continue
         try:
             _fields(orjson.loads(line))
@@ -129,9 +174,98 @@ def _raise_bad_line(path: Path, parsed: int, lines: list[bytes], exc: Exception)
     raise exc
 
 
-def _frame(columns: dict[str, Any]) -> pd.DataFrame:
-    frame = pd.DataFrame(columns)[RESULT_COLUMNS]
-    return frame.astype({c: "Int64" if c in _INT_COLUMNS else "str" for c in RESULT_COLUMNS})
+def _text_array(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. content as a list of parts: keep JSON
+        return pa.array(
+            [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in values],
+            pa.large_string(),
+        )
+
+
+def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
+    """Every line of every file, in file order, as an Arrow table of ``RESULT_COLUMNS``."""
+    rows: list[tuple[Any, ...]] = []
+    batch_ids: list[str] = []
+    attempts: list[int] = []
+    with _gc_paused():
+        for file in files:
+            parsed = _parse_file(Path(file.path))
+            rows.extend(parsed)
+            batch_ids.extend([file.batch_id] * len(parsed))
+            attempts.extend([file.attempt] * len(parsed))
+        values = zip(*rows, strict=True) if rows else [()] * len(_LINE_FIELDS)
+        columns = dict(zip(_LINE_FIELDS, map(list, values), strict=True))
+        del rows, values
+    columns["custom_id"] = [str(c) for c in columns["custom_id"]]
+    columns["batch_id"] = batch_ids
+    columns["attempt"] = attempts
+    return pa.table(
+        {
+            name: pa.array(columns[name], pa.int64())
+            if name in _INT_COLUMNS
+            else _text_array(columns[name])
+            for name in RESULT_COLUMNS
+        }
+    )
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow to pandas: text as pandas' ``str`` dtype, integers as nullable ``Int64``."""
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def _table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _best_first(table: pa.Table) -> np.ndarray:
+    """Row positions ordered so that each custom_id's best row comes first: a success,
+    else the latest attempt, else the later row."""
+    succeeded = pc.fill_null(pc.equal(table["status"], "succeeded"), False).to_numpy()
+    attempt = pc.fill_null(table["attempt"], 0).to_numpy()
+    return np.lexsort((-np.arange(table.num_rows), -attempt, ~succeeded))
+
+
+def _lookup(keys: Any, wanted: pa.Array) -> pa.Array:
+    """For each wanted id, the position of its first occurrence in ``keys`` (or null)."""
+    value_set = pa.chunked_array(keys).combine_chunks() if not isinstance(keys, pa.Array) else keys
+    return pc.index_in(wanted, value_set=value_set.cast(pa.large_string()))
+
+
+def _winner_rows(table: pa.Table, wanted: pa.Array) -> pa.Array:
+    """For each wanted id, the position of its best row (null when it has none)."""
+    order = _best_first(table)
+    return pa.array(order).take(_lookup(table["custom_id"].take(order), wanted))
+
+
+def _joined(table: pa.Table, wanted: list[str]) -> pa.Table:
+    """One row per wanted id, in order; status ``missing`` where there is no row."""
+    ids = pa.array(wanted, pa.large_string())
+    joined = table.take(_winner_rows(table, ids))
+    joined = joined.set_column(joined.schema.get_field_index("custom_id"), "custom_id", ids)
+    status = pc.fill_null(joined["status"].cast(pa.large_string()), "missing")
+    return joined.set_column(joined.schema.get_field_index("status"), "status", status)
+
+
+def _with_inputs(
+    result: pd.DataFrame, wanted: list[str], inputs: pd.DataFrame | None, id_column: str
+) -> pd.DataFrame:
+    """Append the input columns, row for row (``_input`` suffix on clashing names)."""
+    if inputs is None:
+        return result
+    keys = inputs[id_column].astype(str).tolist()
+    if len(set(keys)) < len(keys):
+        dup = next(k for k, n in Counter(keys).items() if n > 1)
+        raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
+    extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
+    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result.columns})
+    extra = extra.reset_index(drop=True)
+    if keys != wanted:
+        rows = _lookup(pa.array(keys, pa.large_string()), pa.array(wanted, pa.large_string()))
+        extra = extra.reindex(rows.fill_null(-1).to_numpy()).reset_index(drop=True)
+    return pd.concat([result, extra], axis=1)
 
 
 def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
@@ -151,20 +285,7 @@ def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
         ...     ["custom_id", "status", "error_code"]].values.tolist()
         [['a', 'expired', 'batch_expired']]
     """
-    rows: list[tuple[Any, ...]] = []
-    batch_ids: list[str] = []
-    attempts: list[int] = []
-    for file in files:
-        parsed = _parse_file(Path(file.path))
-        rows.extend(parsed)
-        batch_ids.extend([file.batch_id] * len(parsed))
-        attempts.extend([file.attempt] * len(parsed))
-    values = list(zip(*rows, strict=True)) if rows else [()] * len(_LINE_FIELDS)
-    columns: dict[str, Any] = dict(zip(_LINE_FIELDS, values, strict=True))
-    columns["custom_id"] = [str(c) for c in columns["custom_id"]]
-    columns["batch_id"] = batch_ids
-    columns["attempt"] = attempts
-    return _frame(columns)
+    return _frame(_parse_table(files))
 
 
 def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:
@@ -181,11 +302,9 @@ def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if frame["custom_id"].is_unique:
         return frame
-    succeeded = (frame["status"] == "succeeded").to_numpy()
-    attempt = frame["attempt"].astype("Int64").fillna(0).to_numpy(dtype=np.int64)
-    order = np.lexsort((np.arange(len(frame)), attempt, succeeded))  # last key sorts first
-    best = frame.iloc[order].drop_duplicates("custom_id", keep="last")
-    return best.sort_index().reset_index(drop=True)
+    table = _table(frame)
+    rows = _winner_rows(table, pc.unique(table["custom_id"]).cast(pa.large_string()))
+    return frame.take(np.sort(rows.to_numpy())).reset_index(drop=True)
 
 
 def join_results(
@@ -196,10 +315,11 @@ def join_results(
 ) -> pd.DataFrame:
     """Exactly one row per requested ``custom_id``, in that order.
 
-    Ids never answered get status ``missing``; ids not requested are dropped. With
-    ``inputs`` their columns are appended, matched on ``inputs[id_column]`` cast to str
-    (the id column itself is not repeated when it is ``custom_id``; a column named like a
-    result column gets the suffix ``_input``).
+    Attempts are merged as in :func:`merge_attempts`. Ids never answered get status
+    ``missing``; ids not requested are dropped. With ``inputs`` their columns are
+    appended, matched on ``inputs[id_column]`` cast to str (the id column itself is not
+    repeated when it is ``custom_id``; a column named like a result column gets the
+    suffix ``_input``).
 
     Example:
         >>> rows = pd.DataFrame({"custom_id": ["b", "x"], "status": ["succeeded"] * 2,
@@ -207,22 +327,8 @@ def join_results(
         >>> join_results(rows, ["a", "b"]).status.tolist()
         ['missing', 'succeeded']
     """
-    if not frame["custom_id"].is_unique:
-        frame = merge_attempts(frame)
-    wanted = pd.Index(list(custom_ids), name="custom_id")
-    result = frame.set_index("custom_id").reindex(wanted).reset_index()
-    result["status"] = result["status"].fillna("missing")
-    if inputs is None:
-        return result
-    keys = inputs[id_column].astype(str)
-    if keys.duplicated().any():
-        dup = keys[keys.duplicated()].iloc[0]
-        raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
-    extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
-    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result.columns})
-    if keys.tolist() != wanted.tolist():
-        extra = extra.set_axis(pd.Index(keys)).reindex(wanted)
-    return pd.concat([result, extra.reset_index(drop=True)], axis=1)
+    wanted = list(custom_ids)
+    return _with_inputs(_frame(_joined(_table(frame), wanted)), wanted, inputs, id_column)
 
 
 def collect_results(
@@ -231,13 +337,16 @@ def collect_results(
     inputs: pd.DataFrame | None = None,
     id_column: str = "custom_id",
 ) -> pd.DataFrame:
-    """Parse, merge attempts and join: the whole results step in one call.
+    """Parse, merge attempts and join: ``join_results(parse_result_files(files), ...)``.
+
+    Faster than the two calls: rows are picked in Arrow before any DataFrame is built.
 
     Example:
         >>> collect_results([], ["a"]).status.tolist()
         ['missing']
     """
-    return join_results(merge_attempts(parse_result_files(files)), custom_ids, inputs, id_column)
+    wanted = list(custom_ids)
+    return _with_inputs(_frame(_joined(_parse_table(files), wanted)), wanted, inputs, id_column)
 
 
 def leftover_custom_ids(

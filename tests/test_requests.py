@@ -262,6 +262,7 @@ def test_endpoint_taken_from_lines() -> None:
     [
         ({"custom_id": None}, "line 2: missing custom_id"),
         ({"custom_id": 5}, "line 2: custom_id must be a string, got int"),
+        ({"custom_id": ["x"]}, "line 2: custom_id must be a string, got list"),
         ({"custom_id": ""}, "line 2: empty custom_id"),
         ({"custom_id": "a"}, "line 2 (custom_id 'a'): duplicate custom_id (first on line 1)"),
         ({"method": "GET"}, "line 2 (custom_id 'b'): method must be POST, got 'GET'"),
