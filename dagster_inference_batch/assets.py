@@ -10,7 +10,7 @@ The job travels between them through the event log (see ``state.py``); the senso
 (``sensor.py``) watches the batches and requests the results run when they finish.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ import dagster as dg
 import pandas as pd
 
 from .cancel import build_cancel_job
-from .checks import build_results_checks
+from .checks import evaluate_results_checks, results_check_specs
 from .content import ContentParser, parse_content_columns
 from .errors import BatchFailedError, BatchWaitTimeout
 from .metadata import batch_metadata, input_file_metadata, results_metadata, token_usage
@@ -48,7 +48,7 @@ class InferenceBatchDefinitions:
 
     name: str
     assets: list[dg.AssetsDefinition]
-    asset_checks: list[dg.AssetChecksDefinition]
+    check_specs: list[dg.AssetCheckSpec]
     sensor: dg.SensorDefinition
     submit_job: "UnresolvedAssetJobDefinition"
     collect_job: "UnresolvedAssetJobDefinition"
@@ -74,13 +74,12 @@ class InferenceBatchDefinitions:
 
     @property
     def defs(self) -> dg.Definitions:
-        """Assets, checks, sensor and jobs as one ``dg.Definitions`` (no resources)."""
-        return dg.Definitions(
-            assets=self.assets,
-            asset_checks=self.asset_checks,
-            sensors=[self.sensor],
-            jobs=self.jobs,
-        )
+        """Assets (with their checks), sensor and jobs as one ``dg.Definitions``.
+
+        Resources are the caller's: bind an ``InferenceBatchResource`` under the
+        pipeline's resource key.
+        """
+        return dg.Definitions(assets=self.assets, sensors=[self.sensor], jobs=self.jobs)
 
 
 def _upstream_key(upstream: UpstreamLike) -> dg.AssetKey:
@@ -164,6 +163,8 @@ def build_inference_batch_assets(
     def resource_of(context: dg.AssetExecutionContext) -> InferenceBatchResource:
         return getattr(context.resources, resource_key)
 
+    check_specs = results_check_specs(name, results_key, max_failure_rate)
+
     @dg.asset(
         name=input_file_key.path[-1],
         ins={"upstream": dg.AssetIn(key=upstream_key)},
@@ -209,15 +210,27 @@ def build_inference_batch_assets(
         context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
         return dg.MaterializeResult(metadata=batch_metadata(job))
 
-    @dg.asset(
+    @dg.multi_asset(
         name=results_key.path[-1],
+        outs={
+            results_key.path[-1]: dg.AssetOut(
+                key=results_key,
+                is_required=False,  # not materialized while the batches still run
+                description="One row per input row: the answer, its status and token counts.",
+                group_name=group_name,
+                kinds=KINDS,
+            )
+        },
         ins={"upstream": dg.AssetIn(key=upstream_key)},
         deps=[batch_key],
-        output_required=False,
-        description="One row per input row: the answer, its status and token counts.",
-        **common,
+        check_specs=check_specs,
+        can_subset=True,  # so that the checks, too, may be left out
+        partitions_def=partitions_def,
+        required_resource_keys={resource_key},
     )
-    def results(context: dg.AssetExecutionContext, upstream: pd.DataFrame):  # noqa: ANN202
+    def results(
+        context: dg.AssetExecutionContext, upstream: pd.DataFrame
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
         partition = _partition(context)
         recorded = latest_job(context.instance, batch_key, partition)
         if recorded is None:
@@ -256,25 +269,24 @@ def build_inference_batch_assets(
         if parse_content is not None:
             frame = parse_content_columns(frame, parse_content)
         cost = resource.cost(token_usage(frame))
-        yield dg.Output(frame, metadata=results_metadata(frame, job, cost))
+        yield dg.Output(
+            frame,
+            output_name=results_key.path[-1],
+            metadata=results_metadata(frame, job, cost),
+        )
+        for check in evaluate_results_checks(name, frame, upstream[id_column], max_failure_rate):
+            if dg.AssetCheckKey(results_key, check.check_name) in context.selected_asset_check_keys:
+                yield check
 
     collect_job = dg.define_asset_job(
         f"{name}_collect",
         selection=dg.AssetSelection.assets(results_key),
-        partitions_def=partitions_def,
         description=f"Collect {results_key.to_user_string()}; requested by {name}_sensor.",
     )
     return InferenceBatchDefinitions(
         name=name,
         assets=[input_file, batch, results],
-        asset_checks=build_results_checks(
-            name,
-            results_key=results_key,
-            upstream_key=upstream_key,
-            id_column=id_column,
-            max_failure_rate=max_failure_rate,
-            partitions_def=partitions_def,
-        ),
+        check_specs=check_specs,
         sensor=build_sensor(
             name,
             batch_key=batch_key,
@@ -289,7 +301,6 @@ def build_inference_batch_assets(
         submit_job=dg.define_asset_job(
             f"{name}_submit",
             selection=dg.AssetSelection.assets(input_file_key, batch_key),
-            partitions_def=partitions_def,
             description=f"Upload and submit {upstream_key.to_user_string()}'s requests.",
         ),
         collect_job=collect_job,

@@ -1,7 +1,30 @@
-"""Asset checks on ``<name>_results``: complete (blocking) and failure rate (warning)."""
+"""Asset checks on ``<name>_results``: complete (blocking) and failure rate (warning).
+
+The results asset evaluates them itself, on the frame it just built, so they run in
+the same step (and the same partition) as the materialization they judge.
+"""
 
 import dagster as dg
 import pandas as pd
+
+
+def results_check_specs(
+    name: str, results_key: dg.AssetKey, max_failure_rate: float
+) -> list[dg.AssetCheckSpec]:
+    """``<name>_results_complete`` (blocking) and ``<name>_results_failure_rate``."""
+    return [
+        dg.AssetCheckSpec(
+            f"{name}_results_complete",
+            asset=results_key,
+            blocking=True,
+            description="Every input row appears exactly once, and the provider answered it.",
+        ),
+        dg.AssetCheckSpec(
+            f"{name}_results_failure_rate",
+            asset=results_key,
+            description=f"At most {max_failure_rate:.0%} of the rows did not succeed.",
+        ),
+    ]
 
 
 def completeness(results: pd.DataFrame, ids: pd.Series) -> dict[str, int]:
@@ -23,43 +46,22 @@ def completeness(results: pd.DataFrame, ids: pd.Series) -> dict[str, int]:
     }
 
 
-def build_results_checks(
-    name: str,
-    *,
-    results_key: dg.AssetKey,
-    upstream_key: dg.AssetKey,
-    id_column: str,
-    max_failure_rate: float,
-    partitions_def: dg.PartitionsDefinition | None,
-) -> list[dg.AssetChecksDefinition]:
-    """``<name>_results_complete`` and ``<name>_results_failure_rate``."""
-
-    @dg.asset_check(
-        asset=results_key,
-        name=f"{name}_results_complete",
-        blocking=True,
-        additional_ins={"upstream": dg.AssetIn(key=upstream_key)},
-        partitions_def=partitions_def,
-        description="Every input row appears exactly once, and the provider answered it.",
-    )
-    def complete(results: pd.DataFrame, upstream: pd.DataFrame) -> dg.AssetCheckResult:
-        problems = completeness(results, upstream[id_column])
-        return dg.AssetCheckResult(
+def evaluate_results_checks(
+    name: str, results: pd.DataFrame, ids: pd.Series, max_failure_rate: float
+) -> list[dg.AssetCheckResult]:
+    """The two checks' results for ``results`` built from input rows with ``ids``."""
+    problems = completeness(results, ids)
+    not_succeeded = int((results["status"] != "succeeded").sum())
+    rate = not_succeeded / len(results) if len(results) else 0.0
+    return [
+        dg.AssetCheckResult(
+            check_name=f"{name}_results_complete",
             passed=not any(problems.values()),
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"input_rows": len(upstream), "result_rows": len(results), **problems},
-        )
-
-    @dg.asset_check(
-        asset=results_key,
-        name=f"{name}_results_failure_rate",
-        partitions_def=partitions_def,
-        description=f"At most {max_failure_rate:.0%} of the rows did not succeed.",
-    )
-    def failure_rate(results: pd.DataFrame) -> dg.AssetCheckResult:
-        not_succeeded = int((results["status"] != "succeeded").sum())
-        rate = not_succeeded / len(results) if len(results) else 0.0
-        return dg.AssetCheckResult(
+            metadata={"input_rows": len(ids), "result_rows": len(results), **problems},
+        ),
+        dg.AssetCheckResult(
+            check_name=f"{name}_results_failure_rate",
             passed=rate <= max_failure_rate,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
@@ -67,6 +69,5 @@ def build_results_checks(
                 "max_failure_rate": max_failure_rate,
                 "not_succeeded_rows": not_succeeded,
             },
-        )
-
-    return [complete, failure_rate]
+        ),
+    ]

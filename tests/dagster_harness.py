@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from dagster_inference_batch import InferenceBatchResource, build_inference_batch_assets
@@ -76,9 +77,9 @@ class Harness:
     def materialize(
         self, *keys: dg.AssetKey, partition: str | None = None, raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
-        """Materialize `prompts` and the given pipeline assets (with their checks)."""
+        """Materialize `prompts` and the given pipeline assets."""
         return dg.materialize(
-            [self.upstream, *self.pipeline.assets, *self.pipeline.asset_checks],
+            [self.upstream, *self.pipeline.assets],
             selection=dg.AssetSelection.assets(self.upstream.key, *keys),
             partition_key=partition,
             instance=self.instance,
@@ -101,9 +102,13 @@ class Harness:
     def tick(self) -> SensorExecutionData:
         """Evaluate the sensor once and act on its result as the daemon would."""
         context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources=self.resources
+            instance=self.instance,
+            cursor=self.cursor,
+            resources=self.resources,
+            definitions=self.defs,
         )
-        result = self.pipeline.sensor.evaluate_tick(context)
+        with partition_loading_context(dynamic_partitions_store=self.instance):
+            result = self.pipeline.sensor.evaluate_tick(context)
         self.cursor = result.cursor
         for event in result.asset_events:
             self.instance.report_runless_asset_event(event)

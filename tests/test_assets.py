@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from dagster_inference_batch.state import JOB_KEY
+from dagster_inference_batch.state import CANCEL_KEY, JOB_KEY
 from tests.dagster_harness import NAME, Harness
 
 STRUCTURED = {
@@ -102,3 +102,158 @@ def test_one_run_uploads_submits_and_collects(instance, shared_batch_server):
     tick = harness.tick()
     assert not tick.run_requests and not tick.asset_events
     assert "no batches in flight" in tick.skip_message
+
+
+def user_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [entry.user_message for entry in instance.all_logs(run_id)]
+
+
+def test_results_step_leaves_a_running_batch_to_the_sensor(instance, batch_server):
+    server = batch_server(requests_per_second=20)
+    harness = Harness(instance, server.base_url, rows=30, results_wait_seconds=0)
+    keys = harness.pipeline
+    first = harness.materialize(keys.input_file_key, keys.batch_key, keys.results_key)
+
+    assert first.success
+    assert not first.asset_materializations_for_node(f"{NAME}_results")
+    assert any(
+        f"the sensor {NAME}_sensor will materialize {NAME}_results" in message
+        for message in user_messages(instance, first.run_id)
+    )
+
+    ticks = harness.tick_until(harness.results_done)
+    assert len(harness.run_keys) == 1
+    assert harness.collect_runs[0].success
+    observations = harness.observations(keys.batch_key)
+    percents = [o.metadata["inference_batch/percent"].value for o in observations]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert len(observations) >= 2  # progress was seen moving, not only the end
+    assert {"completed", "failed", "total"} <= {k.split("/")[1] for k in observations[0].metadata}
+    assert any("in_progress" in (t.skip_message or "") for t in ticks)
+    assert (harness.results_frame()["status"] == "succeeded").all()
+
+    after = harness.tick()
+    assert not after.run_requests and after.skip_message == "no batches in flight"
+
+
+def test_expired_remainder_is_resubmitted_then_collected(instance, batch_server):
+    server = batch_server(expire_after=2.0, requests_per_second=10)
+    harness = Harness(instance, server.base_url, rows=24)
+    harness.submit()
+
+    harness.tick_until(harness.results_done)
+
+    batches = harness.materializations(harness.pipeline.batch_key)
+    assert len(batches) == 2
+    first, second = (m.metadata[JOB_KEY].value for m in batches)
+    assert [s["attempt"] for s in second["shards"]] == [1, 2]
+    retried = second["shards"][1]["request_count"]
+    assert 0 < retried < 24
+    statuses = [
+        o.metadata["inference_batch/status"].value
+        for o in harness.observations(harness.pipeline.batch_key)
+    ]
+    assert "expired" in statuses and statuses[-1] == "completed"
+    assert len(harness.run_keys) == 1
+    frame = harness.results_frame()
+    assert len(frame) == 24 and (frame["status"] == "succeeded").all()
+    assert sorted(frame["attempt"].value_counts().tolist()) == sorted([24 - retried, retried])
+    out = harness.materializations(harness.pipeline.results_key)[0].metadata
+    assert out["inference_batch/attempts"].value == 2
+    assert len(out["inference_batch/batch_ids"].value) == 2
+
+
+def test_validation_failure_fails_the_results_run_with_the_providers_errors(instance, batch_server):
+    server = batch_server(max_requests_per_batch=5)
+    harness = Harness(instance, server.base_url, rows=8)
+    harness.submit()
+
+    harness.tick_until(lambda: bool(harness.collect_runs))
+
+    run = harness.collect_runs[0]
+    assert not run.success
+    failure = next(e for e in run.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "failed at the provider" in message
+    assert "the limit is 5" in message
+    assert not harness.results_done()
+    statuses = [
+        o.metadata["inference_batch/status"].value
+        for o in harness.observations(harness.pipeline.batch_key)
+    ]
+    assert statuses[-1] == "failed"
+    again = harness.tick()
+    assert not again.run_requests
+    assert "1 waiting for a requested results run" in again.skip_message
+
+
+def test_cancel_job_cancels_and_the_sensor_collects_without_resubmitting(instance, batch_server):
+    server = batch_server(requests_per_second=4)
+    harness = Harness(instance, server.base_url, rows=30, max_failure_rate=0.05)
+    harness.submit()
+    harness.tick_until(
+        lambda: any(
+            o.metadata["inference_batch/completed"].value > 0
+            for o in harness.observations(harness.pipeline.batch_key)
+        )
+    )
+
+    cancel = harness.run_job(f"{NAME}_cancel")
+    assert cancel.success
+    batches = harness.materializations(harness.pipeline.batch_key)
+    assert batches[-1].metadata[CANCEL_KEY].value is True
+
+    harness.tick_until(harness.results_done)
+
+    assert len(harness.materializations(harness.pipeline.batch_key)) == 2  # no resubmission
+    frame = harness.results_frame()
+    assert len(frame) == 30
+    assert {"succeeded", "cancelled"} == set(frame["status"])
+    checks = check_results(harness.collect_runs[0])
+    assert checks[f"{NAME}_results_complete"].passed
+    rate = checks[f"{NAME}_results_failure_rate"]
+    assert not rate.passed and rate.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_several_partitions_in_flight_each_collected_once(instance, batch_server):
+    server = batch_server(requests_per_second=40)
+    partitions = dg.DynamicPartitionsDefinition(name="batches")
+    keys = [f"p{i}" for i in range(5)]
+    instance.add_dynamic_partitions("batches", keys)
+    harness = Harness(instance, server.base_url, rows=12, partitions_def=partitions)
+    for key in keys:
+        harness.submit(key)
+
+    harness.tick_until(lambda: all(harness.results_done(k) for k in keys))
+
+    assert sorted(run.dagster_run.tags["dagster/partition"] for run in harness.collect_runs) == keys
+    for key in keys:
+        assert len(harness.materializations(harness.pipeline.results_key, key)) == 1
+        frame = harness.results_frame(key)
+        assert frame["custom_id"].tolist() == [f"{key}-{i}" for i in range(12)]
+        assert (frame["status"] == "succeeded").all()
+    assert len(harness.run_keys) == len(set(harness.run_keys)) == 5
+    for run in harness.collect_runs:
+        checks = check_results(run)
+        assert len(checks) == 2 and all(c.passed for c in checks.values())
+
+
+def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
+    server = batch_server()
+    partitions = dg.StaticPartitionsDefinition(["a", "b", "c"])
+    harness = Harness(
+        instance, server.base_url, rows=3, partitions_def=partitions, sensor_budget_seconds=0
+    )
+    for key in partitions.get_partition_keys():
+        harness.submit(key)
+
+    seen = []
+    for _ in range(3):
+        tick = harness.tick()
+        seen.append({e.partition for e in tick.asset_events})
+        assert len(seen[-1]) == 1  # the budget allowed one partition per tick
+    assert set().union(*seen) == {"a", "b", "c"}
+    assert "not reached this tick" in (tick.skip_message or "") or tick.run_requests
+
+    harness.tick_until(lambda: all(harness.results_done(k) for k in "abc"))
+    assert len(harness.run_keys) == 3
