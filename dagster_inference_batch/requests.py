@@ -138,10 +138,12 @@ def _custom_id_problem(value: object) -> str | None:
     return None
 
 
-def _invalid_text(values: list[Any], column: pd.Series | None = None) -> list[int]:
+def _invalid_text(values: list[Any] | pd.Series) -> list[int]:
     """Positions of values that are missing, not a str, or empty (vectorised for str columns)."""
-    if column is not None and isinstance(column.dtype, pd.StringDtype):
-        return np.flatnonzero((column.isna() | (column.str.len() == 0)).to_numpy()).tolist()
+    if isinstance(values, pd.Series):
+        if isinstance(values.dtype, pd.StringDtype):
+            return np.flatnonzero((values.isna() | (values.str.len() == 0)).to_numpy()).tolist()
+        values = values.tolist()
     return [i for i, v in enumerate(values) if type(v) is not str or not v]
 
 
@@ -375,11 +377,9 @@ def encode_requests(
 # --------------------------------------------------------------------------- building
 
 
-def _check_prompts(
-    prompts: list[Any], column: pd.Series, ids: list[Any], problems: _Problems
-) -> None:
+def _check_prompts(prompts: pd.Series, ids: list[Any], problems: _Problems) -> None:
     def describe(i: int) -> str:
-        value = prompts[i]
+        value = prompts.iloc[i]
         if isinstance(value, str):
             rule = "empty prompt"
         elif _custom_id_problem(value) == _MISSING_ID:  # None, NaN or pd.NA
@@ -388,7 +388,7 @@ def _check_prompts(
             rule = f"prompt must be a string, got {type(value).__name__}"
         return f"{_where(i + 1, ids[i])}: {rule}"
 
-    problems.add_rows(_invalid_text(prompts, column), describe, range(1, len(prompts) + 1))
+    problems.add_rows(_invalid_text(prompts), describe, range(1, len(prompts) + 1))
 
 
 def _placeholder() -> str:
@@ -414,7 +414,7 @@ def _json_strings(
 
 def _prompt_lines(
     ids: list[str],
-    prompts: list[str],
+    prompts: pd.Series,
     endpoint: str,
     body: dict[str, Any],
     system_prompt: str | None,
@@ -423,7 +423,8 @@ def _prompt_lines(
 ) -> list[bytes]:
     """The fast path: the line encoded once as a template, per-row JSON spliced in as bytes.
 
-    Works in chunks so the intermediate buffers stay small and are reused.
+    Works in chunks so the intermediate objects (prompts as Python str, their JSON) stay
+    few and their memory is reused: fresh memory is what costs most here.
     """
     id_mark, prompt_mark = _placeholder(), _placeholder()
     params = {k: v for k, v in body.items() if k != "model"}
@@ -448,7 +449,7 @@ def _prompt_lines(
     for start in range(0, len(ids), _CHUNK_LINES):
         chunk = slice(start, start + _CHUNK_LINES)
         id_json = _json_strings(ids[chunk], start, ids, problems)
-        prompt_json = _json_strings(prompts[chunk], start, ids, problems)
+        prompt_json = _json_strings(prompts.iloc[chunk].tolist(), start, ids, problems)
         new = [head + i + middle + p + tail for i, p in zip(id_json, prompt_json, strict=True)]
         _check_line_sizes(new, start, ids, max_line_bytes, problems)  # while the chunk is hot
         lines += new
@@ -527,9 +528,10 @@ def build_requests(
             bodies.append({**params, "messages": built})
     else:
         id_col = df[id_column]
-        _check_custom_ids(ids, problems, range(1, len(ids) + 1), _invalid_text(ids, id_col))
-        prompts = df[prompt_column].tolist()
-        _check_prompts(prompts, df[prompt_column], ids, problems)
+        bad = _invalid_text(id_col) if isinstance(id_col.dtype, pd.StringDtype) else None
+        _check_custom_ids(ids, problems, range(1, len(ids) + 1), bad)
+        prompts = df[prompt_column]
+        _check_prompts(prompts, ids, problems)
         problems.raise_if_any()  # from here on every id and prompt is a non-empty str
         lines = _prompt_lines(
             ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems
@@ -642,7 +644,9 @@ def shard_requests(
 def _jsonl_chunks(lines: list[bytes], positions: Sequence[int] | None) -> Iterator[bytes]:
     chosen = lines if positions is None else [lines[i] for i in positions]
     for start in range(0, len(chosen), _CHUNK_LINES):
-        yield b"\n".join(chosen[start : start + _CHUNK_LINES]) + b"\n"
+        chunk = chosen[start : start + _CHUNK_LINES]
+        chunk.append(b"")  # a final newline without copying the joined chunk again
+        yield b"\n".join(chunk)
 
 
 def _sha256(lines: list[bytes], positions: Sequence[int] | None) -> str:
