@@ -74,7 +74,35 @@ def _advance(client: InferenceBatchClient, recorded: RecordedJob, max_attempts: 
     return _Outcome(recorded, job, action, resubmitted=new_job)
 
 
-def _describe(jobs: list[BatchJob], waiting: int, not_reached: int) -> str:
+def _record(
+    outcome: _Outcome, batch_key: dg.AssetKey, cursor: _Cursor
+) -> list[dg.AssetObservation | dg.AssetMaterialization]:
+    """Events for one refreshed job: progress when it changed, the new attempt if any."""
+    slot, partition, job = _slot(outcome.recorded), outcome.recorded.partition, outcome.job
+    events: list[dg.AssetObservation | dg.AssetMaterialization] = []
+    if cursor.progress.get(slot) != _signature(job):
+        events.append(
+            dg.AssetObservation(
+                asset_key=batch_key, partition=partition, metadata=progress_metadata(job)
+            )
+        )
+        cursor.progress[slot] = _signature(job)
+    if outcome.resubmitted is not None:
+        new_job = outcome.resubmitted
+        events.append(
+            dg.AssetMaterialization(
+                asset_key=batch_key,
+                partition=partition,
+                description=f"attempt {new_job.attempt}: resubmitted what {job.status} "
+                f"in attempt {job.attempt}",
+                metadata=batch_metadata(new_job),
+            )
+        )
+        cursor.progress[slot] = _signature(new_job)
+    return events
+
+
+def _describe(jobs: list[BatchJob], waiting: int, not_reached: int, errors: int) -> str:
     """What a tick saw, for the skip reason."""
     if not jobs and not waiting:
         return "no batches in flight"
@@ -89,6 +117,8 @@ def _describe(jobs: list[BatchJob], waiting: int, not_reached: int) -> str:
     text += f"; {waiting} waiting for a requested results run"
     if not_reached:
         text += f"; {not_reached} not reached this tick, first next tick"
+    if errors:
+        text += f"; {errors} could not be refreshed (see the tick's logs), retried next tick"
     return text
 
 
@@ -138,43 +168,25 @@ def build_sensor(
             requested={s: i for s, i in cursor.requested.items() if s in live},
             resume=not_reached,
         )
+        errors = 0
         for slot, outcome in done:
             if isinstance(outcome, BaseException):
                 context.log.warning(f"{name}: could not refresh partition {slot!r}: {outcome}")
-                next_cursor.resume.append(slot)
+                errors += 1
                 continue
-            recorded, job = outcome.recorded, outcome.job
-            if next_cursor.progress.get(slot) != _signature(job):
-                events.append(
-                    dg.AssetObservation(
-                        asset_key=batch_key,
-                        partition=recorded.partition,
-                        metadata=progress_metadata(job),
-                    )
-                )
-                next_cursor.progress[slot] = _signature(job)
+            events += _record(outcome, batch_key, next_cursor)
             if outcome.resubmitted is not None:
-                new_job = outcome.resubmitted
                 context.log.info(
-                    f"{name}: resubmitted the {job.status} remainder of partition {slot!r} "
-                    f"as attempt {new_job.attempt} ({', '.join(new_job.batch_ids)})"
+                    f"{name}: resubmitted the {outcome.job.status} remainder of partition "
+                    f"{slot!r} as attempt {outcome.resubmitted.attempt}"
                 )
-                events.append(
-                    dg.AssetMaterialization(
-                        asset_key=batch_key,
-                        partition=recorded.partition,
-                        description=f"attempt {new_job.attempt}: resubmitted what "
-                        f"{job.status} in attempt {job.attempt}",
-                        metadata=batch_metadata(new_job),
-                    )
-                )
-                next_cursor.progress[slot] = _signature(new_job)
             elif outcome.action == "collect":
+                recorded = outcome.recorded
                 run_requests.append(
                     dg.RunRequest(
-                        run_key=f"{name}:{slot}:{recorded.storage_id}:{job.status}",
+                        run_key=f"{name}:{slot}:{recorded.storage_id}:{outcome.job.status}",
                         partition_key=recorded.partition,
-                        tags={"inference_batch/status": job.status},
+                        tags={"inference_batch/status": outcome.job.status},
                     )
                 )
                 next_cursor.requested[slot] = recorded.storage_id
@@ -182,7 +194,7 @@ def build_sensor(
         seen.update((slot, o.job) for slot, o in done if isinstance(o, _Outcome))
         skip = None
         if not run_requests:
-            skip = _describe(list(seen.values()), len(waiting), len(next_cursor.resume))
+            skip = _describe(list(seen.values()), len(waiting), len(not_reached), errors)
         return dg.SensorResult(
             run_requests=run_requests,
             asset_events=events,

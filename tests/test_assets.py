@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -257,3 +258,56 @@ def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
 
     harness.tick_until(lambda: all(harness.results_done(k) for k in "abc"))
     assert len(harness.run_keys) == 3
+
+
+def test_fifty_daily_partitions_in_flight_each_collected_exactly_once(instance, batch_server):
+    server = batch_server(requests_per_second=50)
+    days = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-02-20")
+    keys = days.get_partition_keys()
+    assert len(keys) == 50
+    harness = Harness(instance, server.base_url, rows=2, partitions_def=days)
+    for key in keys:
+        harness.submit(key)
+
+    harness.tick_until(lambda: all(harness.results_done(k) for k in keys), timeout=120)
+
+    assert len(harness.run_keys) == len(set(harness.run_keys)) == 50
+    assert all(run.success for run in harness.collect_runs)
+    for key in keys:
+        assert len(harness.materializations(harness.pipeline.results_key, key)) == 1
+    last = harness.results_frame(keys[-1])["custom_id"].tolist()
+    assert last == [f"{keys[-1]}-0", f"{keys[-1]}-1"]
+    assert harness.tick().skip_message == "no batches in flight"
+
+
+def files_containing(root: str, secret: bytes) -> list[str]:
+    return [
+        str(path)
+        for path in Path(root).rglob("*")
+        if path.is_file() and secret in path.read_bytes()
+    ]
+
+
+def test_api_key_never_reaches_logs_metadata_errors_or_the_event_log(
+    instance, batch_server, caplog, capfd
+):
+    secret = "sk-distinctive-4f7c9e1b2d"
+    wrong = "sk-wrong-key-8a3e6d0c5b"
+    server = batch_server(api_key=secret, requests_per_second=20)
+    harness = Harness(instance, server.base_url, api_key=secret, rows=20)
+    refused = Harness(instance, server.base_url, api_key=wrong, rows=20)
+    harness.submit()
+    refused_tick = refused.tick()  # refreshing with a refused key fails, retried next tick
+    harness.tick_until(harness.results_done)
+    refused_upload = refused.materialize(refused.pipeline.input_file_key, raise_on_error=False)
+
+    assert harness.collect_runs[0].success
+    assert not refused_upload.success
+    assert "1 could not be refreshed" in refused_tick.skip_message
+    out, err = capfd.readouterr()
+    for key in (secret, wrong):
+        assert files_containing(instance.root_directory, key.encode()) == []
+        assert key not in caplog.text and key not in out and key not in err
+        for run in instance.get_runs():
+            for entry in instance.all_logs(run.run_id):
+                assert key not in repr(entry)
