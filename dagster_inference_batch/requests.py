@@ -144,7 +144,7 @@ def _invalid_text(values: list[Any] | pd.Series) -> list[int]:
         if isinstance(values.dtype, pd.StringDtype):
             return np.flatnonzero((values.isna() | (values.str.len() == 0)).to_numpy()).tolist()
         values = values.tolist()
-    return [i for i, v in enumerate(values) if type(v) is not str or not v]
+    return [i for i, v in enumerate(values) if not isinstance(v, str) or not v]
 
 
 def _check_custom_ids(
