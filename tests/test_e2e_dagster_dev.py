@@ -1,0 +1,260 @@
+"""The demo end to end: a real `dagster dev` (webserver + daemon) driven through GraphQL.
+
+Starts `dagster dev` on the repository's `workspace.yaml` with a temporary
+`DAGSTER_HOME`, pointed at a local Batch API server through `INFERENCE_BASE_URL`,
+launches `review_insights_daily`, and waits until the daemon's sensor has collected
+`review_insights_results` and the automation sensor has built `review_sentiment_summary`.
+The browser test then opens the results page in headless Chromium.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster_graphql import DagsterGraphQLClient
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "docs" / "screenshot-results.png"
+REVIEWS = 60
+PRODUCTS = 6
+WAIT_SECONDS = 180
+
+LATEST = """
+query Latest($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        runId
+        metadataEntries {
+          label
+          ... on IntMetadataEntry { intValue }
+          ... on FloatMetadataEntry { floatValue }
+        }
+      }
+    }
+  }
+}
+"""
+CHECKS = """
+query Checks($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks { name executionForLatestMaterialization { status evaluation { success } } }
+        }
+      }
+    }
+  }
+}
+"""
+RUN_TAGS = """
+query Run($runId: ID!) { runOrError(runId: $runId) { ... on Run { tags { key value } } } }
+"""
+
+
+@dataclass
+class DagsterDev:
+    port: int
+    home: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def latest(self, asset: str) -> dict[str, Any] | None:
+        """The latest materialization: run id and numeric metadata by label."""
+        data = self.graphql(LATEST, key={"path": [asset]})["assetOrError"]
+        events = data.get("assetMaterializations") or []
+        if not events:
+            return None
+        values = {
+            e["label"]: e.get("intValue", e.get("floatValue")) for e in events[0]["metadataEntries"]
+        }
+        return {"run_id": events[0]["runId"], "metadata": values}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Interrupt the process group we started, then kill what is left of it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+    """`dagster dev` after `review_insights_daily` ran and the sensors finished the rest."""
+    from dagster_inference_batch.local_server import LocalBatchServer
+
+    server = LocalBatchServer(
+        tmp_path_factory.mktemp("e2e-server"),
+        validating_seconds=0.2,
+        finalizing_seconds=0.2,
+        requests_per_second=30,  # ~2 s for the demo: long enough to be "in flight"
+    )
+    home = tmp_path_factory.mktemp("dagster-home")
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "INFERENCE_API_KEY"}
+    env.update(DAGSTER_HOME=str(home), REVIEW_INSIGHTS_SENSOR_INTERVAL="2")
+    log = (home / "dagster-dev.log").open("wb")
+    with server:
+        env["INFERENCE_BASE_URL"] = server.base_url
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            dev = DagsterDev(port=port, home=home)
+            wait_for(lambda: _answers(f"{dev.url}/server_info"), "the webserver", process, home)
+            client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+            client.submit_job_execution("review_insights_daily")
+            wait_for(
+                lambda: dev.latest("review_sentiment_summary") is not None,
+                "review_sentiment_summary",
+                process,
+                home,
+            )
+            yield dev
+        finally:
+            stop_group(process)
+            log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_for(done: Any, what: str, process: subprocess.Popen, home: Path) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not done():
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = (home / "dagster-dev.log").read_text(errors="replace")[-4000:]
+            pytest.fail(f"waiting for {what}; dagster dev log tail:\n{tail}")
+        time.sleep(2)
+
+
+def test_sensor_collects_results_and_the_summary_follows(demo: DagsterDev) -> None:
+    results = demo.latest("review_insights_results")
+    assert results is not None
+    metadata = results["metadata"]
+    assert metadata["dagster/row_count"] == REVIEWS
+    assert metadata["inference_batch/succeeded"] == REVIEWS
+    assert metadata["inference_batch/failed"] == 0
+    assert metadata["inference_batch/output_tokens"] > 0
+    assert metadata["inference_batch/seconds_to_final"] >= 0
+
+    tags = demo.graphql(RUN_TAGS, runId=results["run_id"])["runOrError"]["tags"]
+    assert {"key": "dagster/sensor_name", "value": "review_insights_sensor"} in tags
+
+    checks = demo.graphql(CHECKS, key={"path": ["review_insights_results"]})
+    found = checks["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    outcomes = {
+        c["name"]: (
+            c["executionForLatestMaterialization"]["status"],
+            c["executionForLatestMaterialization"]["evaluation"]["success"],
+        )
+        for c in found
+    }
+    assert outcomes == {
+        "review_insights_results_complete": ("SUCCEEDED", True),
+        "review_insights_results_failure_rate": ("SUCCEEDED", True),
+    }
+
+    summary = demo.latest("review_sentiment_summary")
+    assert summary is not None
+    assert summary["metadata"]["dagster/row_count"] == PRODUCTS
+    assert summary["metadata"]["reviews_answered"] == REVIEWS
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_results_page_shows_row_count_and_checks(demo: DagsterDev) -> None:
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                viewport={"width": 1440, "height": 1000},
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            page = browser.new_page()
+            page.goto(f"{demo.url}/assets/review_insights_results")
+            page.get_by_text("Row count").wait_for(timeout=60_000)
+            skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter prompt
+            if skip.count():
+                skip.click()
+            status = page.get_by_text("Row count").locator("xpath=..")
+            assert str(REVIEWS) in status.inner_text()
+            page.get_by_text("Latest check results").wait_for()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+
+            page.goto(f"{demo.url}/assets/review_insights_results?view=checks")
+            page.get_by_text("Evaluation result").wait_for(timeout=60_000)
+            text = page.inner_text("body")
+            assert "Checks (2)" in text
+            assert "review_insights_results_complete" in text  # the selected check
+            assert "failure_rate" in text  # listed, its long name cut short
+            assert text.count("Succeeded") >= 2
+            assert "Passed" in text
+            browser.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
