@@ -10,7 +10,7 @@ The job travels between them through the event log (see ``state.py``); the senso
 (``sensor.py``) watches the batches and requests the results run when they finish.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,21 +18,20 @@ import dagster as dg
 import pandas as pd
 
 from .cancel import build_cancel_job
-from .checks import evaluate_results_checks, results_check_specs
-from .content import ContentParser, parse_content_columns
-from .errors import BatchFailedError, BatchWaitTimeout
-from .metadata import batch_metadata, input_file_metadata, results_metadata, token_usage
+from .checks import results_check_specs
+from .collect import build_results_asset
+from .content import ContentParser
+from .metadata import batch_metadata, input_file_metadata
 from .requests import CHAT_ENDPOINT, build_requests
 from .resource import InferenceBatchResource
 from .sensor import DEFAULT_BUDGET_SECONDS, build_sensor
-from .state import latest_job, next_action
+from .state import KINDS, latest_job, partition_of
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
         UnresolvedAssetJobDefinition,
     )
 
-KINDS = {"inference"}
 UpstreamLike = dg.AssetsDefinition | dg.AssetSpec | dg.AssetKey | str | Sequence[str]
 
 
@@ -86,10 +85,6 @@ def _upstream_key(upstream: UpstreamLike) -> dg.AssetKey:
     if isinstance(upstream, dg.AssetsDefinition | dg.AssetSpec):
         return upstream.key
     return dg.AssetKey.from_coercible(upstream)
-
-
-def _partition(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str | None:
-    return context.partition_key if context.has_partition_key else None
 
 
 def build_inference_batch_assets(
@@ -176,7 +171,7 @@ def build_inference_batch_assets(
         context: dg.AssetExecutionContext, upstream: pd.DataFrame
     ) -> dg.MaterializeResult:
         encoded = build_requests(upstream, **request_options)
-        partition = _partition(context)
+        partition = partition_of(context)
         with resource_of(context).get_client() as client:
             job = client.upload(
                 encoded,
@@ -198,7 +193,7 @@ def build_inference_batch_assets(
         **common,
     )
     def batch(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        partition = _partition(context)
+        partition = partition_of(context)
         uploaded = latest_job(context.instance, input_file_key, partition)
         if uploaded is None:
             raise dg.Failure(
@@ -210,74 +205,6 @@ def build_inference_batch_assets(
         context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
         return dg.MaterializeResult(metadata=batch_metadata(job))
 
-    @dg.multi_asset(
-        name=results_key.path[-1],
-        outs={
-            results_key.path[-1]: dg.AssetOut(
-                key=results_key,
-                is_required=False,  # not materialized while the batches still run
-                description="One row per input row: the answer, its status and token counts.",
-                group_name=group_name,
-                kinds=KINDS,
-            )
-        },
-        ins={"upstream": dg.AssetIn(key=upstream_key)},
-        deps=[batch_key],
-        check_specs=check_specs,
-        can_subset=True,  # so that the checks, too, may be left out
-        partitions_def=partitions_def,
-        required_resource_keys={resource_key},
-    )
-    def results(
-        context: dg.AssetExecutionContext, upstream: pd.DataFrame
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
-        partition = _partition(context)
-        recorded = latest_job(context.instance, batch_key, partition)
-        if recorded is None:
-            raise dg.Failure(f"no batch recorded for {batch_key.to_user_string()}: run it first")
-        resource = resource_of(context)
-        with resource.get_client() as client:
-            try:
-                job = client.wait(
-                    recorded.job,
-                    poll_interval=min(5.0, max(0.5, results_wait_seconds / 10)),
-                    timeout=results_wait_seconds,
-                )
-            except BatchWaitTimeout as exc:
-                context.log.info(
-                    f"{exc}. Not materializing now: the sensor {name}_sensor will "
-                    f"materialize {results_key.to_user_string()} when they finish."
-                )
-                return
-            action = next_action(
-                job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested
-            )
-            if action == "resubmit":
-                context.log.info(
-                    f"batches ended {job.status}: the sensor {name}_sensor will resubmit the "
-                    f"remainder (attempt {job.attempt + 1} of {max_attempts}) and then "
-                    f"materialize {results_key.to_user_string()}."
-                )
-                return
-            try:
-                frame = client.results(job, inputs=upstream, id_column=id_column)
-            except BatchFailedError as exc:
-                raise dg.Failure(
-                    description=str(exc),
-                    metadata={"inference_batch/errors": dg.MetadataValue.json(exc.errors)},
-                ) from exc
-        if parse_content is not None:
-            frame = parse_content_columns(frame, parse_content)
-        cost = resource.cost(token_usage(frame))
-        yield dg.Output(
-            frame,
-            output_name=results_key.path[-1],
-            metadata=results_metadata(frame, job, cost),
-        )
-        for check in evaluate_results_checks(name, frame, upstream[id_column], max_failure_rate):
-            if dg.AssetCheckKey(results_key, check.check_name) in context.selected_asset_check_keys:
-                yield check
-
     collect_job = dg.define_asset_job(
         f"{name}_collect",
         selection=dg.AssetSelection.assets(results_key),
@@ -285,7 +212,25 @@ def build_inference_batch_assets(
     )
     return InferenceBatchDefinitions(
         name=name,
-        assets=[input_file, batch, results],
+        assets=[
+            input_file,
+            batch,
+            build_results_asset(
+                name,
+                results_key=results_key,
+                batch_key=batch_key,
+                upstream_key=upstream_key,
+                id_column=id_column,
+                parse_content=parse_content,
+                check_specs=check_specs,
+                partitions_def=partitions_def,
+                resource_key=resource_key,
+                group_name=group_name,
+                max_attempts=max_attempts,
+                max_failure_rate=max_failure_rate,
+                wait_seconds=results_wait_seconds,
+            ),
+        ],
         check_specs=check_specs,
         sensor=build_sensor(
             name,

@@ -4,7 +4,7 @@ import dagster as dg
 
 from .metadata import batch_metadata
 from .resource import InferenceBatchResource
-from .state import CANCEL_KEY, latest_job
+from .state import CANCEL_KEY, latest_job, partition_of
 
 
 def build_cancel_job(
@@ -23,7 +23,7 @@ def build_cancel_job(
 
     @dg.op(name=f"{name}_cancel_batches", required_resource_keys={resource_key})
     def cancel_batches(context: dg.OpExecutionContext) -> None:
-        partition = context.partition_key if context.has_partition_key else None
+        partition = partition_of(context)
         where = f" partition {partition}" if partition else ""
         recorded = latest_job(context.instance, batch_key, partition)
         if recorded is None:

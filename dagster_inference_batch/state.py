@@ -15,6 +15,7 @@ import dagster as dg
 
 from .job import BatchJob
 
+KINDS = {"inference"}
 JOB_KEY = "inference_batch/job"
 CANCEL_KEY = "inference_batch/cancel_requested"
 RESUBMITTABLE = frozenset({"expired", "cancelled"})
@@ -44,6 +45,11 @@ def _recorded(record: dg.EventLogRecord) -> RecordedJob | None:
         job=BatchJob.from_dict(metadata[JOB_KEY].value),
         cancel_requested=bool(cancel.value) if cancel is not None else False,
     )
+
+
+def partition_of(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str | None:
+    """The run's partition key, or None for an unpartitioned run."""
+    return context.partition_key if context.has_partition_key else None
 
 
 def latest_job(
