@@ -21,11 +21,11 @@ from .cancel import build_cancel_job
 from .checks import results_check_specs
 from .collect import build_results_asset
 from .content import ContentParser
-from .metadata import batch_metadata, input_file_metadata
+from .metadata import KINDS, batch_metadata, input_file_metadata
 from .requests import CHAT_ENDPOINT, build_requests
 from .resource import InferenceBatchResource
 from .sensor import DEFAULT_BUDGET_SECONDS, build_sensor
-from .state import KINDS, latest_job, partition_of
+from .state import latest_job, partition_of
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (

@@ -13,9 +13,9 @@ import pandas as pd
 from .checks import evaluate_results_checks
 from .content import ContentParser, parse_content_columns
 from .errors import BatchFailedError, BatchWaitTimeout
-from .metadata import results_metadata, token_usage
+from .metadata import KINDS, results_metadata, token_usage
 from .resource import InferenceBatchResource
-from .state import KINDS, latest_job, next_action, partition_of
+from .state import latest_job, next_action, partition_of
 
 
 def build_results_asset(

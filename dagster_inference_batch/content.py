@@ -38,11 +38,13 @@ def parse_content_columns(frame: pd.DataFrame, parse: ContentParser) -> pd.DataF
                 values, error = {}, f"{type(exc).__name__}: {exc}"
         parsed.append(values)
         errors.append(error)
-    columns = pd.DataFrame.from_records(parsed, index=frame.index).astype(object)
-    columns = columns.where(columns.notna(), None)
-    clashes = sorted(set(columns.columns) & set(frame.columns))
+    keys = list(dict.fromkeys(key for values in parsed for key in values))
+    clashes = sorted(set(keys) & {*frame.columns, PARSE_ERROR_COLUMN})
     if clashes:
         raise ValueError(f"parsed content keys clash with result columns: {clashes}")
-    out = pd.concat([frame, columns], axis=1)
-    out[PARSE_ERROR_COLUMN] = errors
-    return out
+    columns = {
+        key: pd.Series([values.get(key) for values in parsed], index=frame.index, dtype=object)
+        for key in keys
+    }
+    columns[PARSE_ERROR_COLUMN] = pd.Series(errors, index=frame.index, dtype=object)
+    return pd.concat([frame, pd.DataFrame(columns)], axis=1)

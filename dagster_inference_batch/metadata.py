@@ -16,6 +16,7 @@ from .job import BatchJob
 from .requests import EncodedRequests
 from .state import JOB_KEY
 
+KINDS = {"inference"}  # the kind tag every pipeline asset carries
 PREVIEW_ROWS = 10
 PREVIEW_CHARS = 160
 STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing")

@@ -15,7 +15,6 @@ import dagster as dg
 
 from .job import BatchJob
 
-KINDS = {"inference"}
 JOB_KEY = "inference_batch/job"
 CANCEL_KEY = "inference_batch/cancel_requested"
 RESUBMITTABLE = frozenset({"expired", "cancelled"})
