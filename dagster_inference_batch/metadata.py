@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+import orjson
 import pandas as pd
 
 from .job import BatchJob
@@ -30,6 +31,16 @@ def _short(value: Any) -> str | int | float | bool | None:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
+def _column_type(column: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(column):
+        return "bool"
+    if pd.api.types.is_integer_dtype(column):
+        return "int"
+    if pd.api.types.is_float_dtype(column):
+        return "float"
+    return "string"
+
+
 def preview_table(frame: pd.DataFrame, columns: Sequence[str]) -> dg.TableMetadataValue:
     """The first rows of ``frame`` as a table, long values cut short.
 
@@ -42,15 +53,35 @@ def preview_table(frame: pd.DataFrame, columns: Sequence[str]) -> dg.TableMetada
         dg.TableRecord({c: _short(v) for c, v in zip(columns, row, strict=True)})
         for row in head[list(columns)].itertuples(index=False, name=None)
     ]
-    schema = dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns])
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, _column_type(frame[c])) for c in columns])
     return dg.MetadataValue.table(records, schema=schema)
+
+
+def _last_input(body: dict[str, Any]) -> Any:
+    """What a request asks: the last chat message's content, or the completion prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1].get("content")
+    return body.get("prompt")
+
+
+def request_preview(encoded: EncodedRequests) -> dg.TableMetadataValue:
+    """The first request lines: custom_id, model, the last input and the line's size."""
+    lines = encoded.lines[:PREVIEW_ROWS]
+    bodies = [orjson.loads(line)["body"] for line in lines]
+    frame = pd.DataFrame(
+        {
+            "custom_id": encoded.custom_ids[:PREVIEW_ROWS],
+            "model": [body.get("model") for body in bodies],
+            "input": [_last_input(body) for body in bodies],
+            "bytes": [len(line) for line in lines],
+        }
+    )
+    return preview_table(frame, list(frame.columns))
 
 
 def input_file_metadata(encoded: EncodedRequests, job: BatchJob) -> dict[str, Any]:
     """Request count, shards, bytes, sha256, file ids, a preview, and the uploaded job."""
-    preview = pd.DataFrame(
-        {"custom_id": encoded.custom_ids, "line": [x.decode() for x in encoded.lines]}
-    )
     return {
         "inference_batch/request_count": len(encoded),
         "inference_batch/shard_count": len(job.shards),
@@ -58,7 +89,7 @@ def input_file_metadata(encoded: EncodedRequests, job: BatchJob) -> dict[str, An
         "inference_batch/sha256": encoded.sha256(),
         "inference_batch/endpoint": encoded.endpoint,
         "inference_batch/file_ids": dg.MetadataValue.json([s.file_id for s in job.shards]),
-        "inference_batch/preview": preview_table(preview, ["custom_id", "line"]),
+        "inference_batch/preview": request_preview(encoded),
         JOB_KEY: dg.MetadataValue.json(job.to_dict()),
     }
 

@@ -68,7 +68,15 @@ def test_one_run_uploads_submits_and_collects(instance, shared_batch_server):
     assert len(value(upload, "inference_batch/file_ids")) == 3
     assert len(value(upload, "inference_batch/sha256")) == 64
     assert value(upload, "inference_batch/bytes") > 0
-    assert len(upload["inference_batch/preview"].value.records) == 10
+    preview = upload["inference_batch/preview"].value.records
+    assert len(preview) == 10
+    row = preview[3].data
+    assert (row["custom_id"], row["model"], row["input"]) == (
+        "row-3",
+        "test-model",
+        "Say hello to number 3",
+    )
+    assert row["bytes"] > len(STRUCTURED["json_schema"]["name"]) + len(row["input"])
 
     batch = result.asset_materializations_for_node(f"{NAME}_batch")[0].metadata
     assert len(value(batch, "inference_batch/batch_ids")) == 3

@@ -4,6 +4,8 @@ Starts `dagster dev` on the repository's `workspace.yaml` with a temporary
 `DAGSTER_HOME`, pointed at a local Batch API server through `INFERENCE_BASE_URL`,
 launches `review_insights_daily`, and waits until the daemon's sensor has collected
 `review_insights_results` and the automation sensor has built `review_sentiment_summary`.
+The server expires the first attempt part-way, so the sensor's resubmission is part of
+the story.
 The browser test then opens the results page in headless Chromium.
 """
 
@@ -57,6 +59,20 @@ query Checks($key: AssetKeyInput!) {
         ... on AssetChecks {
           checks { name executionForLatestMaterialization { status evaluation { success } } }
         }
+      }
+    }
+  }
+}
+"""
+HISTORY = """
+query History($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(limit: 20) {
+        metadataEntries { label ... on IntMetadataEntry { intValue } }
+      }
+      assetObservations(limit: 200) {
+        metadataEntries { label ... on TextMetadataEntry { text } }
       }
     }
   }
@@ -129,7 +145,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
         tmp_path_factory.mktemp("e2e-server"),
         validating_seconds=0.2,
         finalizing_seconds=0.2,
-        requests_per_second=30,  # ~2 s for the demo: long enough to be "in flight"
+        # 60 reviews at 30/s need ~2 s: the first attempt expires after 1.6 s with about
+        # 40 done, the resubmitted remainder (about 20) finishes well within its 1.6 s
+        requests_per_second=30,
+        expire_after=1.6,
     )
     home = tmp_path_factory.mktemp("dagster-home")
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -179,6 +198,22 @@ def wait_for(done: Any, what: str, process: subprocess.Popen, home: Path) -> Non
             tail = (home / "dagster-dev.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"waiting for {what}; dagster dev log tail:\n{tail}")
         time.sleep(2)
+
+
+def entries(event: dict[str, Any]) -> dict[str, Any]:
+    return {e["label"]: e.get("intValue", e.get("text")) for e in event["metadataEntries"]}
+
+
+def test_expired_batch_is_resubmitted_once_and_every_review_succeeds(demo: DagsterDev) -> None:
+    history = demo.graphql(HISTORY, key={"path": ["review_insights_batch"]})["assetOrError"]
+    attempts = [entries(m)["inference_batch/attempt"] for m in history["assetMaterializations"]]
+    assert sorted(attempts) == [1, 2]  # the run's, then the sensor's resubmission
+    statuses = [entries(o)["inference_batch/status"] for o in history["assetObservations"]]
+    assert "expired" in statuses and "completed" in statuses
+    results = demo.latest("review_insights_results")
+    assert results is not None
+    assert results["metadata"]["inference_batch/attempts"] == 2
+    assert results["metadata"]["inference_batch/succeeded"] == REVIEWS
 
 
 def test_sensor_collects_results_and_the_summary_follows(demo: DagsterDev) -> None:
@@ -234,14 +269,14 @@ def test_results_page_shows_row_count_and_checks(demo: DagsterDev) -> None:
                 ],
             )
             page = browser.new_page()
+            # the web UI's first-visit newsletter prompt may pop up at any moment: skip it
+            skip = page.get_by_role("button", name="Skip")
+            page.add_locator_handler(skip, lambda: skip.click())
             page.goto(f"{demo.url}/assets/review_insights_results")
             page.get_by_text("Row count").wait_for(timeout=60_000)
-            skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter prompt
-            if skip.count():
-                skip.click()
             status = page.get_by_text("Row count").locator("xpath=..")
             assert str(REVIEWS) in status.inner_text()
-            page.get_by_text("Latest check results").wait_for()
+            page.get_by_text("Latest check results").hover()  # lets the prompt handler run
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT))
 
