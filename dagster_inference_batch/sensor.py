@@ -103,23 +103,29 @@ def _record(
 
 
 def _describe(jobs: list[BatchJob], waiting: int, not_reached: int, errors: int) -> str:
-    """What a tick saw, for the skip reason."""
+    """What a tick saw, for the skip reason.
+
+    Example:
+        >>> _describe([], waiting=1, not_reached=0, errors=0)
+        '1 waiting for a requested results run'
+    """
     if not jobs and not waiting:
         return "no batches in flight"
-    statuses = Counter(job.status for job in jobs)
-    counts = [job.request_counts() for job in jobs]
-    done = sum(c["completed"] + c["failed"] for c in counts)
-    total = sum(c["total"] for c in counts)
-    text = f"{len(jobs)} job(s) watched"
+    parts = []
     if jobs:
+        statuses = Counter(job.status for job in jobs)
+        counts = [job.request_counts() for job in jobs]
+        done = sum(c["completed"] + c["failed"] for c in counts)
+        total = sum(c["total"] for c in counts)
         by_status = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-        text += f" ({by_status}; {done}/{total} requests done)"
-    text += f"; {waiting} waiting for a requested results run"
+        parts.append(f"{len(jobs)} in flight ({by_status}; {done}/{total} requests done)")
+    if waiting:
+        parts.append(f"{waiting} waiting for a requested results run")
     if not_reached:
-        text += f"; {not_reached} not reached this tick, first next tick"
+        parts.append(f"{not_reached} not reached this tick, first next tick")
     if errors:
-        text += f"; {errors} could not be refreshed (see the tick's logs), retried next tick"
-    return text
+        parts.append(f"{errors} could not be refreshed (see the tick's logs), retried next tick")
+    return "; ".join(parts)
 
 
 def build_sensor(
