@@ -12,7 +12,6 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
-from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from dagster_inference_batch import InferenceBatchResource, build_inference_batch_assets
@@ -107,7 +106,7 @@ class Harness:
             resources=self.resources,
             definitions=self.defs,
         )
-        with partition_loading_context(dynamic_partitions_store=self.instance):
+        with dg.partition_loading_context(dynamic_partitions_store=self.instance):
             result = self.pipeline.sensor.evaluate_tick(context)
         self.cursor = result.cursor
         for event in result.asset_events:
