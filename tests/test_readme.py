@@ -15,7 +15,7 @@ def python_blocks() -> list[str]:
 
 
 def test_use_it_without_dagster_example_runs(tmp_path, monkeypatch):
-    (example,) = [block for block in python_blocks() if "InferenceBatchClient(" in block]
+    (example,) = [block for block in python_blocks() if "LocalBatchServer(" in block]
     script = tmp_path / "example.py"
     script.write_text(example)
     monkeypatch.delenv("INFERENCE_API_KEY", raising=False)
@@ -26,3 +26,15 @@ def test_use_it_without_dagster_example_runs(tmp_path, monkeypatch):
     rows = [line for line in ran.stdout.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
     assert len(rows) == 3
     assert all("succeeded" in row for row in rows)
+
+
+def test_dagster_example_loads():
+    import dagster as dg
+
+    (example,) = [b for b in python_blocks() if "build_inference_batch_assets(" in b]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    defs = namespace["defs"]
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"ticket_triage_input_file", "ticket_triage_batch", "ticket_triage_results"} <= keys
