@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+from machine import describe_machine
 
 from dagster_inference_batch.requests import build_requests, shard_requests, write_jsonl
 
@@ -66,12 +66,6 @@ def timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -93,7 +87,7 @@ def main() -> None:
         shards = shard_requests(encoded)
         shard_time = time.perf_counter() - start
         size = os.path.getsize(our_path)
-    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {cpu_model()}")
+    print(describe_machine())
     print(f"rows: {args.rows:,}  file: {size / 1e6:.1f} MB  (best of {args.repeat})")
     print(f"baseline itertuples + json.dumps + write: {base:.2f} s")
     print(f"build_requests + write_jsonl:             {mine:.2f} s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+from machine import describe_machine
 
 from dagster_inference_batch.results import ResultFile, collect_results
 
@@ -99,12 +99,6 @@ def timed(fn, *args) -> tuple[float, pd.DataFrame]:
     return time.perf_counter() - start, result
 
 
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return names[0] if names else platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -127,7 +121,7 @@ def main() -> None:
     for column in ("content", "finish_reason", "prompt_tokens", "completion_tokens"):
         for i in sample[ok[sample]]:
             assert result[column].iloc[i] == expected[column].iloc[i], (column, i)
-    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {cpu_model()}")
+    print(describe_machine())
     print(f"lines: {args.rows:,}  file: {size / 1e6:.1f} MB")
     print(f"baseline read_json + json_normalize + merge: {base:.2f} s")
     print(f"collect_results (parse + merge + join):     {mine:.2f} s")

@@ -9,13 +9,12 @@ batch per shard, polls until all are final, streams every output file down and c
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 
 import openai
 import orjson
+from machine import describe_machine
 
 from dagster_inference_batch.local_server import LocalBatchServer
 
@@ -96,18 +95,7 @@ def main() -> None:
     for name, seconds in timings.items():
         print(f"  {name:<38} {seconds:7.2f} s")
     print(f"  {'total (upload -> downloaded output)':<38} {sum(counted):7.2f} s")
-    print(f"python {platform.python_version()}, {_cpu()}")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?"
-            )
-    except OSError:
-        model = platform.processor() or "?"
-    return f"{os.cpu_count()} CPUs, {model}"
+    print(describe_machine())
 
 
 if __name__ == "__main__":
