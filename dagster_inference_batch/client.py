@@ -146,6 +146,10 @@ class InferenceBatchClient:
     def prepare(self, requests: RequestsLike, *, endpoint: str | None = None) -> EncodedRequests:
         """Validate and encode request lines (raises ``InvalidBatchInput``)."""
         if isinstance(requests, EncodedRequests):
+            if endpoint is not None and endpoint != requests.endpoint:
+                raise ValueError(
+                    f"endpoint {endpoint!r} differs from the requests' {requests.endpoint!r}"
+                )
             return requests
         return encode_requests(requests, endpoint=endpoint)
 
@@ -188,13 +192,18 @@ class InferenceBatchClient:
         shards = shard_requests(
             encoded, max_requests=self.max_requests_per_batch, max_bytes=self.max_bytes_per_batch
         )
+        uploaded = self._uploaded_files()  # one listing for every shard
         with tempfile.TemporaryDirectory(prefix="dib-upload-") as tmp:
 
             def upload_one(shard: Any) -> BatchShard:
                 key = _batch_key(job_key, shard.index, attempt)
                 path = Path(tmp) / _upload_name(key)
-                write_jsonl(encoded, path, shard.positions)
-                file_id = self._upload_file(path, shard.nbytes)
+                file_id = uploaded.get((path.name, shard.nbytes))
+                if file_id:
+                    self.log.info("reusing uploaded file %s (%s)", file_id, path.name)
+                else:
+                    write_jsonl(encoded, path, shard.positions)
+                    file_id = self._upload_file(path, shard.nbytes)
                 return BatchShard(
                     index=shard.index,
                     attempt=attempt,
@@ -209,13 +218,8 @@ class InferenceBatchClient:
             return self._map(upload_one, shards)
 
     def _upload_file(self, path: Path, nbytes: int) -> str:
-        def find() -> str | None:
-            return self._find_uploaded(path.name, nbytes)
-
-        existing = find()
-        if existing:
-            self.log.info("reusing uploaded file %s (%s)", existing, path.name)
-            return existing
+        def find() -> str | None:  # an upload that failed may still have gone through
+            return self._uploaded_files().get((path.name, nbytes))
 
         def create() -> str:
             with path.open("rb") as handle:
@@ -225,22 +229,19 @@ class InferenceBatchClient:
         self.log.info("uploaded %s as %s (%d bytes)", path.name, file_id, nbytes)
         return file_id
 
-    def _find_uploaded(self, filename: str, nbytes: int) -> str | None:
-        """A file already uploaded under this name and size (bounded scan), if any."""
+    def _uploaded_files(self) -> dict[tuple[str, int], str]:
+        """Recent batch input files (one page), by (filename, bytes)."""
         if "GET /files" in self._missing_endpoints:
-            return None
+            return {}
         try:
             page = self._call(
                 "list files", lambda: self._openai.files.list(purpose="batch", limit=100)
             )
         except BatchAPIError as error:
             if self._lacks("GET /files", error):
-                return None
+                return {}
             raise
-        for item in page.data:
-            if item.filename == filename and item.bytes == nbytes:
-                return item.id
-        return None
+        return {(item.filename, item.bytes): item.id for item in reversed(page.data)}
 
     def create(self, job: BatchJob, *, webhook_url: str | None = None) -> BatchJob:
         """Create a batch for every uploaded shard that has none, idempotently.
@@ -250,19 +251,19 @@ class InferenceBatchClient:
         """
         job = _copy(job)
         pending = [s for s in job.shards if s.batch_id is None]
-        created = self._map(lambda s: self._create_batch(job, s, webhook_url), pending)
+        existing = self._find_batches({s.idempotency_key for s in pending}) if pending else {}
+        created = self._map(
+            lambda s: existing.get(s.idempotency_key) or self._create_batch(job, s, webhook_url),
+            pending,
+        )
         for shard, batch in zip(pending, created, strict=True):
             _apply_batch(shard, batch)
         return job
 
     def _create_batch(self, job: BatchJob, shard: BatchShard, webhook_url: str | None) -> Any:
-        def find() -> Any | None:
-            return self._find_batch(shard.idempotency_key)
+        def find() -> Any | None:  # a create that failed may still have gone through
+            return self._find_batches({shard.idempotency_key}).get(shard.idempotency_key)
 
-        existing = find()
-        if existing is not None:
-            self.log.info("reusing batch %s for %s", existing.id, shard.idempotency_key)
-            return existing
         metadata = {
             **job.metadata,
             "idempotency_key": shard.idempotency_key,
@@ -290,11 +291,17 @@ class InferenceBatchClient:
         )
         return batch
 
-    def _find_batch(self, idempotency_key: str) -> Any | None:
+    def _find_batches(self, keys: set[str]) -> dict[str, Any]:
+        """Batches among the most recent ``list_scan_limit`` that carry one of ``keys``."""
+        found: dict[str, Any] = {}
         for batch in self.list_batches(max_items=self.list_scan_limit):
-            if (batch.metadata or {}).get("idempotency_key") == idempotency_key:
-                return batch
-        return None
+            key = (batch.metadata or {}).get("idempotency_key")
+            if key in keys and key not in found:
+                found[key] = batch
+                self.log.info("reusing batch %s for %s", batch.id, key)
+                if len(found) == len(keys):
+                    break
+        return found
 
     def submit(
         self,
