@@ -60,9 +60,21 @@ class LocalBatchServer:
             raise RuntimeError("server already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(_SERVE_SCRIPT), "serve", *self.config.to_argv()]
+        # Keys go through the environment: argv is visible to every user (`ps`).
+        env = dict(os.environ)
+        for name, value in self.config.secret_env().items():
+            if value:
+                env[name] = value
+            else:
+                env.pop(name, None)
         with self.log_path.open("a") as log:
             self._process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+                env=env,
             )
         self.base_url = self._read_base_url(self._process)
         # Restarts keep the port that was picked.

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+API_KEY_ENV = "INFERENCE_LOCAL_SERVER_API_KEY"
+UPSTREAM_API_KEY_ENV = "INFERENCE_UPSTREAM_API_KEY"
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+
+def _opt(default: Any, help: str, *, env: str | None = None) -> Any:
+    """A field; with `env`, a secret whose flag defaults to that environment variable and
+    which `LocalBatchServer` passes through the environment rather than argv (`ps`)."""
+    return field(default=default, metadata={"help": help, "env": env})
 
 
 @dataclass
@@ -24,15 +30,22 @@ class ServerConfig:
     validating_seconds: float = _opt(0.2, "time a batch spends in `validating`")
     finalizing_seconds: float = _opt(0.2, "time a batch spends in `finalizing`/`cancelling`")
     expire_after: float | None = _opt(None, "seconds until a batch expires (default 24h)")
+    expire_after_requests: int | None = _opt(
+        None, "a batch expires once this many of its requests are answered (deterministic)"
+    )
     failure_rate: float = _opt(0.0, "fraction of requests answered with a 4xx/5xx body")
     fault_rate: float = _opt(0.0, "fraction of API calls answered 500, 429 or dropped")
     latency_ms: float = _opt(0.0, "added latency per API call")
-    api_key: str | None = _opt(None, "required bearer token; unset = any non-empty bearer")
+    api_key: str | None = _opt(
+        None, "required bearer token; unset = any non-empty bearer", env=API_KEY_ENV
+    )
     allow_insecure_webhooks: bool = _opt(False, "allow plain-http webhook_url to loopback")
     max_requests_per_batch: int = _opt(50_000, "batches with more requests fail validation")
     responder: str = _opt("offline", "offline | upstream")
     upstream_url: str | None = _opt(None, "base URL of an OpenAI-compatible server (.../v1)")
-    upstream_api_key: str | None = _opt(None, "bearer for the upstream server")
+    upstream_api_key: str | None = _opt(
+        None, "bearer for the upstream server", env=UPSTREAM_API_KEY_ENV
+    )
     upstream_concurrency: int = _opt(8, "concurrent upstream requests")
     upstream_model: str | None = _opt(None, "override the model of every forwarded body")
     seed: int = _opt(0, "seed for output order, failures and faults")
@@ -46,6 +59,8 @@ class ServerConfig:
         for name in ("failure_rate", "fault_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.expire_after_requests is not None and self.expire_after_requests < 0:
+            raise ValueError("expire_after_requests must be 0 or more")
 
     @staticmethod
     def flag(name: str) -> str:
@@ -53,10 +68,17 @@ class ServerConfig:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Declare one flag per field."""
+        """Declare one flag per field; a secret's flag defaults to its environment variable."""
         for f in dataclasses.fields(cls):
             kind = _scalar_type(f.type)
-            if kind is bool:
+            env = f.metadata.get("env")
+            if env:
+                parser.add_argument(
+                    cls.flag(f.name),
+                    default=os.environ.get(env) or f.default,
+                    help=f"{f.metadata['help']} (default: ${env}; the flag shows in `ps`)",
+                )
+            elif kind is bool:
                 parser.add_argument(cls.flag(f.name), action="store_true", help=f.metadata["help"])
             elif f.default is dataclasses.MISSING:
                 parser.add_argument(
@@ -72,17 +94,26 @@ class ServerConfig:
         return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
     def to_argv(self) -> list[str]:
-        """The flags that reproduce this config (defaults left out)."""
+        """The flags that reproduce this config, defaults and secrets left out (the secrets
+        travel in `secret_env()`, so they never show in a process listing)."""
         argv: list[str] = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "data_dir" and value == f.default:
+            if f.metadata.get("env") or (f.name != "data_dir" and value == f.default):
                 continue
             if value is True:
                 argv.append(self.flag(f.name))
             elif value is not None and value is not False:
                 argv += [self.flag(f.name), str(value)]
         return argv
+
+    def secret_env(self) -> dict[str, str | None]:
+        """Environment variables carrying the secrets (None: unset it in the child)."""
+        return {
+            f.metadata["env"]: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("env")
+        }
 
 
 def _scalar_type(annotation: Any) -> type:
