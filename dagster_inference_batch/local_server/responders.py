@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, NamedTuple, Protocol
@@ -13,6 +15,8 @@ import openai
 import orjson
 
 from .schema_instance import instance_for
+
+log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _EXCERPT_TOKENS = 24
@@ -51,6 +55,17 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+def guarded(respond: Callable[[dict[str, Any]], Reply], body: dict[str, Any]) -> Reply:
+    """`respond(body)`, with an exception turned into a 500 answer for this request alone,
+    so one request the responder cannot handle does not stop its batch."""
+    try:
+        return respond(body)
+    except Exception as exc:
+        log.debug("responder failed on a request", exc_info=True)
+        message = f"The server failed to answer this request ({type(exc).__name__})."
+        return Reply(500, error_body(500, message, "server_error"))
+
+
 class OfflineResponder:
     """Deterministic answers derived from the request: the same body gives the same answer."""
 
@@ -58,7 +73,7 @@ class OfflineResponder:
 
     def respond_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Reply]:
         respond = self.chat if endpoint == "/v1/chat/completions" else self.completion
-        return [respond(body) for body in bodies]
+        return [guarded(respond, body) for body in bodies]
 
     def chat(self, body: dict[str, Any]) -> Reply:
         messages = body.get("messages")
@@ -168,7 +183,8 @@ class UpstreamResponder:
         self.model = model
 
     def respond_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Reply]:
-        return list(self.pool.map(partial(self.respond, endpoint.removeprefix("/v1")), bodies))
+        respond = partial(self.respond, endpoint.removeprefix("/v1"))
+        return list(self.pool.map(partial(guarded, respond), bodies))
 
     def respond(self, path: str, body: dict[str, Any]) -> Reply:
         if self.model:

@@ -29,7 +29,11 @@ from .webhooks import batch_event, deliver
 
 log = logging.getLogger(__name__)
 
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+
 IDLE_SECONDS = 0.02
+MAX_STEP_FAILURES = 3  # consecutive failed steps of one batch before it ends `failed`
+RETRY_BASE_SECONDS = 0.2  # backoff after a failed step: 0.2 s, 0.4 s, ...
 _FAILURES = (
     (400, "invalid_value", "The request was rejected (simulated failure)."),
     (429, "rate_limit_exceeded", "Rate limit reached (simulated failure)."),
@@ -66,6 +70,8 @@ class Worker:
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._runs: dict[str, _Run] = {}
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="batch-worker", daemon=True)
 
     def start(self) -> None:
@@ -84,24 +90,54 @@ class Worker:
         while not self._stopping.is_set():
             busy = False
             for row in self.store.active_batches():
+                if self._retry_at.get(row["id"], 0.0) > time.monotonic():
+                    continue
                 try:
                     busy |= self._advance(row)
                 except FileNotFoundError:
                     self._drop_run(row["id"])
                     self._fail(row, [_error("file_not_found", "The input file was deleted.")])
-                except Exception:
-                    log.exception("batch %s: worker step failed", row["id"])
-                    self._drop_run(row["id"])
+                except Exception as exc:
+                    self._step_failed(row, exc)
+                else:
+                    self._failures.pop(row["id"], None)
                 if self._stopping.is_set():
                     return
             if not busy:
                 self.wake.wait(IDLE_SECONDS)
                 self.wake.clear()
 
+    def _step_failed(self, row: dict[str, Any], exc: Exception) -> None:
+        """Retry a failed step with backoff; after a few in a row, the batch ends `failed`."""
+        batch_id = row["id"]
+        self._drop_run(batch_id)  # reopening cuts the partial files back to the committed sizes
+        count = self._failures[batch_id] = self._failures.get(batch_id, 0) + 1
+        delay = RETRY_BASE_SECONDS * 2 ** (count - 1)
+        self._retry_at[batch_id] = time.monotonic() + delay
+        if count < MAX_STEP_FAILURES:
+            log.warning(
+                "batch %s: worker step failed (%s: %s); retry %d in %.1f s",
+                *(batch_id, type(exc).__name__, exc, count, delay),
+                exc_info=count == 1,
+            )
+            return
+        log.error("batch %s: worker step failed %d times in a row; failing it", batch_id, count)
+        message = f"The server failed to process the batch ({type(exc).__name__}: {exc})."
+        try:
+            self._fail(row, [_error("server_error", message[:1000])], expect=ACTIVE_STATUSES)
+        except Exception:
+            log.exception("batch %s: could not mark it failed", batch_id)
+            return
+        self._failures.pop(batch_id, None)
+        self._retry_at.pop(batch_id, None)
+
     def _advance(self, row: dict[str, Any]) -> bool:
         """One step for one batch; True when it did work."""
         now, status = time.time(), row["status"]
+        limit = self.config.expire_after_requests
         if status in ("validating", "in_progress") and now >= row["expires_ts"]:
+            self._finish(row, "expired", "batch_expired")
+        elif status == "in_progress" and limit is not None and row["total"] > row["done"] >= limit:
             self._finish(row, "expired", "batch_expired")
         elif status == "validating" and now >= row["phase_ts"] + self.config.validating_seconds:
             self._validate(row)
@@ -147,6 +183,8 @@ class Worker:
         run = self._run(row)
         remaining = row["total"] - row["done"]
         count = min(remaining, self.responder.chunk_size)
+        if self.config.expire_after_requests is not None:
+            count = min(count, max(0, self.config.expire_after_requests - row["done"]))
         rate = self.config.requests_per_second
         if rate:
             run.credit = min(run.credit + (now - (run.last_tick or now)) * rate, rate + 1)
@@ -172,43 +210,91 @@ class Worker:
         return True
 
     def _finish(self, row: dict[str, Any], status: str, leftover_code: str | None) -> None:
-        """Move to a final status; unanswered requests go to the error file with `leftover_code`."""
+        """Move to a final status; unanswered requests go to the error file with `leftover_code`.
+
+        The leftover lines are parsed and written before the write transaction, which only
+        commits the sizes and the status (a crash in between: the restart cuts them off)."""
+        if leftover_code and not row["partial_output_id"]:
+            started = self._start_unprocessed(row)
+            if started is None:
+                return
+            row = started
+        run = self._run(row) if row["partial_output_id"] else None
+        tally = _Tally()
+        if run is not None and leftover_code:
+            tally = self._leftovers(row, run, leftover_code)
         now = time.time()
         fields: dict[str, Any] = {"status": status, f"{status}_at": int(now)}
-        with self.store.transaction() as db:
-            if row["partial_output_id"]:
-                run = self._run(row)
-                tally = self._leftovers(row, run, leftover_code) if leftover_code else _Tally()
-                self._commit_progress(db, row, run, row["total"], tally)
-                for kind, file_id, stream in (
-                    ("output", row["partial_output_id"], run.output),
-                    ("error", row["partial_error_id"], run.errors),
-                ):
-                    if stream.tell():
-                        name = f"{row['id']}_{kind}.jsonl"
-                        self.store.add_file(db, file_id, stream.tell(), name, "batch_output")
-                        fields[f"{kind}_file_id"] = file_id
-            if row["webhook_url"]:
-                fields["webhook_pending"] = 1
-            if not self.store.update_batch(db, row["id"], expect=(row["status"],), **fields):
-                raise RuntimeError(f"status of {row['id']} changed while finishing")
+        if row["webhook_url"]:
+            fields["webhook_pending"] = 1
+        try:
+            with self.store.transaction() as db:
+                if run is not None:
+                    self._commit_progress(db, row, run, row["total"], tally)
+                    for kind, file_id, stream in (
+                        ("output", row["partial_output_id"], run.output),
+                        ("error", row["partial_error_id"], run.errors),
+                    ):
+                        if stream.tell():
+                            name = f"{row['id']}_{kind}.jsonl"
+                            self.store.add_file(db, file_id, stream.tell(), name, "batch_output")
+                            fields[f"{kind}_file_id"] = file_id
+                if not self.store.update_batch(db, row["id"], expect=(row["status"],), **fields):
+                    raise _StatusChanged
+        except _StatusChanged:
+            # e.g. cancelled while expiring: reopening cuts off the uncommitted leftovers
+            self._drop_run(row["id"])
+            return
         self._drop_run(row["id"])
         self._discard_empty_partials(row)
         self._notify(row["id"], row["webhook_url"], status)
 
-    def _fail(self, row: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+    def _start_unprocessed(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Cancel or expiry before processing started: check the input file so that all its
+        requests can go to the error file (an invalid file fails validation instead)."""
+        buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
+        check = check_input(
+            buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
+        )
+        if check.errors:
+            _close(buffer)
+            self._fail(row, check.errors)
+            return None
+        fields = {
+            "total": len(check.spans),
+            "model": check.model,
+            "partial_output_id": new_id("file-"),
+            "partial_error_id": new_id("file-"),
+        }
+        with self.store.transaction() as db:
+            updated = self.store.update_batch(db, row["id"], expect=(row["status"],), **fields)
+        if not updated:
+            _close(buffer)
+            return None
+        row = {**row, **fields}
+        self._runs[row["id"]] = self._open_run(row, buffer, check.spans)
+        return row
+
+    def _fail(
+        self,
+        row: dict[str, Any],
+        errors: list[dict[str, Any]],
+        expect: tuple[str, ...] | None = None,
+    ) -> None:
         now = time.time()
+        self._drop_run(row["id"])
         with self.store.transaction() as db:
             failed = self.store.update_batch(
                 db,
                 row["id"],
-                expect=(row["status"],),
+                expect=expect or (row["status"],),
                 status="failed",
                 failed_at=int(now),
                 errors=orjson.dumps(errors).decode(),
                 webhook_pending=int(bool(row["webhook_url"])),
             )
         if failed:
+            self._discard_empty_partials(row)
             self._notify(row["id"], row["webhook_url"], "failed")
 
     # requests
@@ -303,6 +389,10 @@ class Worker:
                 self.store.update_batch(db, batch_id, webhook_pending=0)
 
         deliver(url, batch_event(batch_id, status), done)
+
+
+class _StatusChanged(Exception):
+    """The batch's status changed (an API call) while the worker was finishing it."""
 
 
 class _Tally:
