@@ -15,6 +15,13 @@ _FORMATS = {
     "uri": "https://example.com/",
     "uuid": "00000000-0000-4000-8000-000000000000",
 }
+# Past SHALLOW levels the instance gets as small as it can: required properties only,
+# the fewest items, and a `null` (else the simplest) branch of anyOf/oneOf/type lists, so
+# a recursive schema (a linked list, a tree) ends. A schema with no finite instance at all
+# gives up at DEEPEST with null.
+SHALLOW = 6
+DEEPEST = 48
+_COST = {"null": 0, "boolean": 1, "integer": 1, "number": 1, "string": 1, "array": 2}
 
 
 def instance_for(schema: dict[str, Any], seed: str) -> Any:
@@ -30,6 +37,8 @@ class _Builder:
     def build(self, schema: Any, depth: int) -> Any:
         if not isinstance(schema, dict):
             return None if schema is False else "value"
+        if depth > DEEPEST:
+            return None
         schema = self._resolve(schema)
         if "const" in schema:
             return schema["const"]
@@ -37,23 +46,40 @@ class _Builder:
             return self.rng.choice(schema["enum"])
         for key in ("anyOf", "oneOf"):
             if schema.get(key):
-                options = [s for s in schema[key] if self._resolve(s).get("type") != "null"]
-                return self.build((options or schema[key])[0], depth)
+                return self.build(self._branch(schema[key], depth), depth + 1)
         if schema.get("allOf"):
             merged: dict[str, Any] = {}
             for part in schema["allOf"]:
                 merged = _merge(merged, self._resolve(part))
             return self.build(
-                _merge(merged, {k: v for k, v in schema.items() if k != "allOf"}), depth
+                _merge(merged, {k: v for k, v in schema.items() if k != "allOf"}), depth + 1
             )
         kind = schema.get("type")
         if isinstance(kind, list):
-            kind = next((k for k in kind if k != "null"), "null")
+            if depth >= SHALLOW:
+                kind = min(kind, key=lambda k: _COST.get(k, 3), default="null")
+            else:
+                kind = next((k for k in kind if k != "null"), "null")
         if kind is None:
             kind = (
                 "object" if "properties" in schema else "array" if "items" in schema else "string"
             )
         return getattr(self, f"_{kind}", self._string)(schema, depth)
+
+    def _branch(self, options: list[Any], depth: int) -> Any:
+        """The first non-null branch; deep down, the cheapest one (null first)."""
+        if depth < SHALLOW:
+            return next((o for o in options if self._kind(o) != "null"), options[0])
+        return min(options, key=lambda o: _COST.get(self._kind(o), 3))
+
+    def _kind(self, schema: Any) -> Any:
+        if not isinstance(schema, dict):
+            return None
+        schema = self._resolve(schema)
+        if "const" in schema or "enum" in schema:
+            return "null" if schema.get("const", 0) is None else "string"
+        kind = schema.get("type")
+        return "null" if isinstance(kind, list) and "null" in kind else kind
 
     def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         seen = 0
@@ -67,7 +93,7 @@ class _Builder:
     def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         props = schema.get("properties", {})
         required = schema.get("required", list(props))
-        names = list(props) if depth < 6 else [n for n in props if n in required]
+        names = list(props) if depth < SHALLOW else [n for n in props if n in required]
         out = {name: self.build(props[name], depth + 1) for name in names}
         for name in required:
             out.setdefault(name, "value")
@@ -76,7 +102,7 @@ class _Builder:
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
         low = schema.get("minItems", 0)
         high = schema.get("maxItems", max(low, 3))
-        count = max(low, min(high, low + 2 if depth < 6 else low))
+        count = max(low, min(high, low + 2 if depth < SHALLOW else low))
         prefix = schema.get("prefixItems", [])
         items = [self.build(s, depth + 1) for s in prefix[:count]]
         item_schema = schema.get("items", {"type": "string"})
