@@ -98,18 +98,22 @@ class Api:
                 )
             file_id = new_id("file-")
             path = self.store.file_path(file_id)
-            nbytes = await run_in_threadpool(_copy, upload.file, path)
-        with self.store.transaction() as db:
-            self.store.add_file(
-                db, file_id, nbytes, upload.filename or "upload.jsonl", str(purpose)
-            )
-        return JSONResponse(file_object(self._file(file_id)))
+            try:
+                nbytes = await run_in_threadpool(_copy, upload.file, path)
+                await run_in_threadpool(
+                    self._add_file, file_id, nbytes, upload.filename or "upload.jsonl", str(purpose)
+                )
+            except BaseException:
+                path.unlink(missing_ok=True)  # no orphan content without its record
+                raise
+        return JSONResponse(file_object(await self._file(file_id)))
 
     async def list_files(self, request: Request) -> Response:
         order = request.query_params.get("order", "desc")
         if order not in ("asc", "desc"):
             raise APIError(400, "'order' must be 'asc' or 'desc'.", param="order")
-        rows, has_more = self.store.list_files(
+        rows, has_more = await run_in_threadpool(
+            self.store.list_files,
             purpose=request.query_params.get("purpose"),
             limit=_int_param(request, "limit", 10_000, 1, 10_000),
             after=request.query_params.get("after"),
@@ -118,18 +122,18 @@ class Api:
         return JSONResponse(list_object([file_object(r) for r in rows], has_more))
 
     async def get_file(self, request: Request) -> Response:
-        return JSONResponse(file_object(self._file(request.path_params["file_id"])))
+        return JSONResponse(file_object(await self._file(request.path_params["file_id"])))
 
     async def file_content(self, request: Request) -> Response:
-        row = self._file(request.path_params["file_id"])
+        row = await self._file(request.path_params["file_id"])
         path = self.store.file_path(row["id"])
         if not path.exists():
             raise not_found("File content", row["id"])
         return ChunkedFileResponse(path, media_type="application/octet-stream")
 
     async def delete_file(self, request: Request) -> Response:
-        row = self._file(request.path_params["file_id"])
-        self.store.delete_file(row["id"])
+        row = await self._file(request.path_params["file_id"])
+        await run_in_threadpool(self.store.delete_file, row["id"])
         return JSONResponse({"id": row["id"], "object": "file", "deleted": True})
 
     # batches
@@ -141,11 +145,12 @@ class Api:
             raise APIError(400, "The request body is not valid JSON.") from None
         if not isinstance(body, dict):
             raise APIError(400, "The request body must be a JSON object.")
-        self._check_create(body)
+        await self._check_create(body)
         now = time.time()
         batch_id = new_id("batch_")
         metadata = body.get("metadata")
-        self.store.add_batch(
+        await run_in_threadpool(
+            self.store.add_batch,
             {
                 "id": batch_id,
                 "endpoint": body["endpoint"],
@@ -157,47 +162,54 @@ class Api:
                 "created_ts": now,
                 "phase_ts": now,
                 "expires_ts": now + (self.config.expire_after or DEFAULT_WINDOW_SECONDS),
-            }
+            },
         )
         self.worker.wake.set()
-        return JSONResponse(batch_object(self._batch(batch_id)))
+        return JSONResponse(batch_object(await self._batch(batch_id)))
 
     async def list_batches(self, request: Request) -> Response:
         after = request.query_params.get("after")
         if after is not None and not BATCH_ID.fullmatch(after):
             raise APIError(400, "'after' must be a batch id.", param="after")
-        rows, has_more = self.store.list_batches(
-            limit=_int_param(request, "limit", 20, 1, 100), after=after
+        rows, has_more = await run_in_threadpool(
+            self.store.list_batches, limit=_int_param(request, "limit", 20, 1, 100), after=after
         )
         return JSONResponse(list_object([batch_object(r) for r in rows], has_more))
 
     async def get_batch(self, request: Request) -> Response:
-        return JSONResponse(batch_object(self._batch(request.path_params["batch_id"])))
+        return JSONResponse(batch_object(await self._batch(request.path_params["batch_id"])))
 
     async def cancel_batch(self, request: Request) -> Response:
-        row = self._batch(request.path_params["batch_id"])
+        row = await self._batch(request.path_params["batch_id"])
         if row["status"] in FINAL_STATUSES:
             raise APIError(
                 409,
                 f"Cannot cancel a batch with status '{row['status']}'.",
                 code="batch_not_cancellable",
             )
+        await run_in_threadpool(self._cancel, row["id"])
+        self.worker.wake.set()
+        return JSONResponse(batch_object(await self._batch(row["id"])))
+
+    # helpers (store calls run in the threadpool: SQLite may wait for the write lock)
+
+    def _add_file(self, file_id: str, nbytes: int, filename: str, purpose: str) -> None:
+        with self.store.transaction() as db:
+            self.store.add_file(db, file_id, nbytes, filename, purpose)
+
+    def _cancel(self, batch_id: str) -> None:
         now = time.time()
         with self.store.transaction() as db:
             self.store.update_batch(
                 db,
-                row["id"],
+                batch_id,
                 expect=CANCELLABLE,
                 status="cancelling",
                 cancelling_at=int(now),
                 phase_ts=now,
             )
-        self.worker.wake.set()
-        return JSONResponse(batch_object(self._batch(row["id"])))
 
-    # helpers
-
-    def _check_create(self, body: dict[str, Any]) -> None:
+    async def _check_create(self, body: dict[str, Any]) -> None:
         for name in ("input_file_id", "endpoint", "completion_window"):
             if not isinstance(body.get(name), str):
                 raise APIError(400, f"Missing required parameter: '{name}'.", param=name)
@@ -222,7 +234,7 @@ class Api:
             )
             if problem:
                 raise APIError(400, problem, param="webhook_url", code="invalid_value")
-        source = self._file(body["input_file_id"])
+        source = await self._file(body["input_file_id"])
         if source["purpose"] != "batch":
             raise APIError(
                 400,
@@ -231,14 +243,18 @@ class Api:
                 code="invalid_value",
             )
 
-    def _file(self, file_id: str) -> dict[str, Any]:
-        row = self.store.get_file(file_id) if FILE_ID.fullmatch(file_id) else None
+    async def _file(self, file_id: str) -> dict[str, Any]:
+        row = None
+        if FILE_ID.fullmatch(file_id):
+            row = await run_in_threadpool(self.store.get_file, file_id)
         if row is None:
             raise not_found("File", file_id)
         return row
 
-    def _batch(self, batch_id: str) -> dict[str, Any]:
-        row = self.store.get_batch(batch_id) if BATCH_ID.fullmatch(batch_id) else None
+    async def _batch(self, batch_id: str) -> dict[str, Any]:
+        row = None
+        if BATCH_ID.fullmatch(batch_id):
+            row = await run_in_threadpool(self.store.get_batch, batch_id)
         if row is None:
             raise not_found("Batch", batch_id)
         return row
