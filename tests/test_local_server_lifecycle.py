@@ -136,21 +136,37 @@ def test_nothing_succeeded_means_no_output_file(batch_server):
 
 
 def test_expiry_keeps_finished_results(batch_server, webhook_receiver):
-    server = batch_server(requests_per_second=30, expire_after=1.0, allow_insecure_webhooks=True)
+    server = batch_server(expire_after_requests=40, allow_insecure_webhooks=True)
     client = sdk_client(server)
     ids = [f"r{i}" for i in range(100)]
     created = submit(
         client, [request_line(i) for i in ids], extra_body={"webhook_url": webhook_receiver.url}
     )
-    assert created.expires_at - created.created_at <= 1
     batch = wait_final(client, created.id)
     output, errors = all_results(client, batch)
     assert batch.status == "expired" and batch.expired_at and batch.completed_at is None
-    assert 0 < len(output) < 100
+    assert (len(output), len(errors)) == (40, 60)
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (100, 40, 60)
     assert {line["error"]["code"] for line in errors} == {"batch_expired"}
     assert all(line["response"] is None for line in errors)
     assert sorted(line["custom_id"] for line in output + errors) == sorted(ids)
     assert webhook_receiver.wait_for(1)[0]["data"] == {"id": batch.id, "status": "expired"}
+    # each batch counts its own requests; one with fewer completes
+    assert wait_final(client, submit(client, [request_line("x")]).id).status == "completed"
+
+
+def test_the_window_ends_by_the_clock(batch_server):
+    client = sdk_client(batch_server(requests_per_second=30, expire_after=1.0))
+    ids = [f"r{i}" for i in range(100)]
+    created = submit(client, [request_line(i) for i in ids])
+    assert created.expires_at - created.created_at <= 1
+    batch = wait_final(client, created.id)
+    output, errors = all_results(client, batch)
+    # 100 requests at 30/s cannot finish within 1 s, however slow or fast the machine
+    assert batch.status == "expired" and len(output) < 100
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(ids)
 
 
 def test_cancel_keeps_finished_results(batch_server, webhook_receiver):
@@ -175,13 +191,31 @@ def test_cancel_keeps_finished_results(batch_server, webhook_receiver):
         client.batches.cancel(created.id)
 
 
-def test_cancel_while_validating(batch_server):
+@pytest.mark.parametrize("ending", ["cancelled", "expired"])
+def test_ending_while_validating_puts_every_request_in_the_error_file(batch_server, ending):
+    options = {"expire_after": 0.3} if ending == "expired" else {}
+    client = sdk_client(batch_server(validating_seconds=5, **options))
+    ids = ["a", "b", "c"]
+    created = submit(client, [request_line(i) for i in ids])
+    if ending == "cancelled":
+        client.batches.cancel(created.id)
+    batch = wait_final(client, created.id)
+    assert batch.status == ending and batch.in_progress_at is None
+    assert batch.output_file_id is None
+    code = "batch_cancelled" if ending == "cancelled" else "batch_expired"
+    errors = read_lines(client, batch.error_file_id)
+    assert sorted(line["custom_id"] for line in errors) == ids
+    assert {line["error"]["code"] for line in errors} == {code}
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (3, 0, 3)
+
+
+def test_cancel_while_validating_an_invalid_file_fails_validation(batch_server):
     client = sdk_client(batch_server(validating_seconds=5))
-    created = submit(client, [request_line("a")])
+    created = submit(client, [request_line("a"), "{oops"])
     client.batches.cancel(created.id)
     batch = wait_final(client, created.id)
-    assert batch.status == "cancelled"
-    assert batch.output_file_id is None and batch.error_file_id is None
+    assert batch.status == "failed" and batch.errors.data[0].code == "invalid_json"
 
 
 def test_cancel_of_a_finished_batch_is_refused(client):
