@@ -8,16 +8,21 @@ results), refreshes them concurrently within a time budget, and then:
 - resubmits an expired or cancelled remainder while attempts remain, recorded as a new
   ``<name>_batch`` materialization carrying the new job;
 - otherwise, once every shard is final, requests one ``<name>_collect`` run whose
-  ``run_key`` names that materialization and its final status.
+  ``run_key`` names that materialization and its final status. If that run fails (a
+  provider 5xx after the client's retries, a dropped download), it is requested again
+  under ``<run_key>:retry1`` and so on, up to ``MAX_RESULTS_RETRIES`` times; not for a
+  job that failed validation, whose one results run fails with the provider's errors.
 
 The cursor only remembers what the event log cannot answer cheaply: the progress last
 reported, the partitions a tick did not reach (they go first next time) and the
 materializations whose results run was already requested. Losing it costs a repeated
-observation, never a duplicate run (Dagster drops a repeated ``run_key``).
+observation, never a duplicate run (Dagster drops a repeated ``run_key``, and the runs
+already made for a state are looked up by their ``dagster/run_key`` tag).
 """
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import dagster as dg
 import orjson
@@ -30,12 +35,15 @@ from .resource import InferenceBatchResource
 from .state import Action, RecordedJob, next_action, uncollected_jobs
 
 DEFAULT_BUDGET_SECONDS = 40.0  # the daemon gives a tick 60 s
+MAX_RESULTS_RETRIES = 3  # results runs requested again after a failed one, per job state
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a sensor's run
 
 
 @dataclass
 class _Cursor:
     progress: dict[str, str] = field(default_factory=dict)
-    requested: dict[str, int] = field(default_factory=dict)
+    requested: dict[str, int] = field(default_factory=dict)  # slot -> batch storage id
+    run_keys: dict[str, str] = field(default_factory=dict)  # slot -> its first run key
     resume: list[str] = field(default_factory=list)
 
     @classmethod
@@ -102,21 +110,67 @@ def _record(
     return events
 
 
-def _describe(jobs: list[BatchJob], waiting: int, not_reached: int, errors: int) -> str:
+def _results_run_keys(base: str) -> list[str]:
+    """The run keys one job state may use: the first, then each retry.
+
+    Example:
+        >>> _results_run_keys("llm::42:completed")[1:]
+        ['llm::42:completed:retry1', 'llm::42:completed:retry2', 'llm::42:completed:retry3']
+    """
+    return [base] + [f"{base}:retry{n}" for n in range(1, MAX_RESULTS_RETRIES + 1)]
+
+
+ResultsState = Literal["request", "retry", "waiting", "gave_up"]
+
+
+@dataclass(frozen=True)
+class _ResultsRun:
+    state: ResultsState
+    run_key: str | None = None  # the key to request, for "request" and "retry"
+    note: str = ""
+
+
+def _results_run(instance: dg.DagsterInstance, base: str, *, job_failed: bool) -> _ResultsRun:
+    """Whether a final job needs a results run now: the first, a retry of a failed one,
+    or none (one is queued or running, succeeded, or may not be retried)."""
+    keys = _results_run_keys(base)
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: keys}))
+    by_key = {run.tags[RUN_KEY_TAG]: run for run in runs}
+    tried = [n for n, key in enumerate(keys) if key in by_key]
+    if not tried:
+        return _ResultsRun("request", base)
+    latest = by_key[keys[tried[-1]]]
+    if latest.status != dg.DagsterRunStatus.FAILURE or job_failed:
+        return _ResultsRun("waiting")
+    if tried[-1] >= MAX_RESULTS_RETRIES:
+        return _ResultsRun("gave_up")
+    retry = tried[-1] + 1
+    return _ResultsRun(
+        "retry",
+        keys[retry],
+        note=f"results run {latest.run_id} failed; requesting it again "
+        f"(retry {retry} of {MAX_RESULTS_RETRIES}) as {keys[retry]}",
+    )
+
+
+def _describe(
+    jobs: list[BatchJob], waiting: int, not_reached: int, errors: int, gave_up: int = 0
+) -> str:
     """What a tick saw, for the skip reason.
 
     Example:
         >>> _describe([], waiting=1, not_reached=0, errors=0)
         '1 waiting for a requested results run'
     """
-    if not jobs and not waiting:
+    if not jobs and not waiting and not gave_up:
         return "no batches in flight"
     parts = []
     if jobs:
         statuses = Counter(job.status for job in jobs)
         counts = [job.request_counts() for job in jobs]
         done = sum(c["completed"] + c["failed"] for c in counts)
-        total = sum(c["total"] for c in counts)
+        # while validating the provider counts no requests yet: the job knows how many
+        total = sum(max(c["total"], job.request_count) for c, job in zip(counts, jobs, strict=True))
         by_status = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         parts.append(f"{len(jobs)} in flight ({by_status}; {done}/{total} requests done)")
     if waiting:
@@ -125,6 +179,11 @@ def _describe(jobs: list[BatchJob], waiting: int, not_reached: int, errors: int)
         parts.append(f"{not_reached} not reached this tick, first next tick")
     if errors:
         parts.append(f"{errors} could not be refreshed (see the tick's logs), retried next tick")
+    if gave_up:
+        parts.append(
+            f"{gave_up} whose results run failed {MAX_RESULTS_RETRIES + 1} times "
+            "(see the runs; materialize the results asset to try again)"
+        )
     return "; ".join(parts)
 
 
@@ -154,17 +213,26 @@ def build_sensor(
     def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = _Cursor.load(context.cursor)
         jobs = uncollected_jobs(context.instance, batch_key, results_key, partitioned=partitioned)
-        waiting = {_slot(r) for r in jobs if cursor.requested.get(_slot(r)) == r.storage_id}
-        active = {_slot(r): r for r in jobs if _slot(r) not in waiting}
+        requested = {
+            _slot(r): r
+            for r in jobs
+            if cursor.requested.get(_slot(r)) == r.storage_id and _slot(r) in cursor.run_keys
+        }
+        active = {_slot(r): r for r in jobs if _slot(r) not in requested}
         order = [s for s in cursor.resume if s in active]
         order += [s for s in active if s not in order]
         resource: InferenceBatchResource = getattr(context.resources, resource_key)
-        with resource.get_client() as client:
+        client = resource.get_client()
+        try:
             done, not_reached = map_within_budget(
                 lambda slot: _advance(client, active[slot], max_attempts),
                 order,
                 budget_seconds=budget_seconds,
+                then=client.close,  # once the last refresh started has returned
             )
+        except BaseException:
+            client.close()
+            raise
 
         events: list[dg.AssetObservation | dg.AssetMaterialization] = []
         run_requests: list[dg.RunRequest] = []
@@ -172,13 +240,38 @@ def build_sensor(
         next_cursor = _Cursor(
             progress={s: p for s, p in cursor.progress.items() if s in live},
             requested={s: i for s, i in cursor.requested.items() if s in live},
+            run_keys={s: k for s, k in cursor.run_keys.items() if s in live},
             resume=not_reached,
         )
-        errors = 0
+        tally: Counter[str] = Counter()
+        collecting: set[str] = set()
+
+        def results_run(recorded: RecordedJob, base: str) -> None:
+            """Request the job's results run, or its retry, unless one is under way."""
+            slot, status = _slot(recorded), base.rsplit(":", 1)[1]
+            collecting.add(slot)
+            next_cursor.requested[slot] = recorded.storage_id
+            next_cursor.run_keys[slot] = base
+            run = _results_run(context.instance, base, job_failed=status == "failed")
+            tally[run.state] += 1
+            if run.run_key is None:  # under way, done, or no retry left (the skip says so)
+                return
+            if run.state == "retry":
+                context.log.warning(f"{name}: partition {slot!r}: {run.note}")
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=run.run_key,
+                    partition_key=recorded.partition,
+                    tags={"inference_batch/status": status},
+                )
+            )
+
+        for slot, recorded in requested.items():
+            results_run(recorded, next_cursor.run_keys[slot])
         for slot, outcome in done:
             if isinstance(outcome, BaseException):
                 context.log.warning(f"{name}: could not refresh partition {slot!r}: {outcome}")
-                errors += 1
+                tally["errors"] += 1
                 continue
             events += _record(outcome, batch_key, next_cursor)
             if outcome.resubmitted is not None:
@@ -188,19 +281,19 @@ def build_sensor(
                 )
             elif outcome.action == "collect":
                 recorded = outcome.recorded
-                run_requests.append(
-                    dg.RunRequest(
-                        run_key=f"{name}:{slot}:{recorded.storage_id}:{outcome.job.status}",
-                        partition_key=recorded.partition,
-                        tags={"inference_batch/status": outcome.job.status},
-                    )
-                )
-                next_cursor.requested[slot] = recorded.storage_id
+                results_run(recorded, f"{name}:{slot}:{recorded.storage_id}:{outcome.job.status}")
         seen = {slot: r.job for slot, r in active.items()}
         seen.update((slot, o.job) for slot, o in done if isinstance(o, _Outcome))
+        seen = {slot: job for slot, job in seen.items() if slot not in collecting}
         skip = None
         if not run_requests:
-            skip = _describe(list(seen.values()), len(waiting), len(not_reached), errors)
+            skip = _describe(
+                list(seen.values()),
+                tally["waiting"],
+                len(not_reached),
+                tally["errors"],
+                gave_up=tally["gave_up"],
+            )
         return dg.SensorResult(
             run_requests=run_requests,
             asset_events=events,

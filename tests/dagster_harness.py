@@ -3,7 +3,8 @@
 `Harness` builds a pipeline over a small upstream asset (`prompts`), materializes it
 with `dg.materialize`, evaluates the sensor with `dg.build_sensor_context`, records the
 sensor's asset events on the instance and launches each new run request (once per
-`run_key`, as the daemon does) by executing the `<name>_collect` job.
+`run_key`, as the daemon does) by executing the `<name>_collect` job with the tags the
+daemon gives it (`dagster/run_key`, `dagster/sensor_name` and the request's own).
 """
 
 import time
@@ -91,9 +92,11 @@ class Harness:
             self.pipeline.input_file_key, self.pipeline.batch_key, partition=partition
         )
 
-    def run_job(self, name: str, partition: str | None = None) -> dg.ExecuteInProcessResult:
+    def run_job(
+        self, name: str, partition: str | None = None, tags: dict[str, str] | None = None
+    ) -> dg.ExecuteInProcessResult:
         return self.defs.resolve_job_def(name).execute_in_process(
-            instance=self.instance, partition_key=partition, raise_on_error=False
+            instance=self.instance, partition_key=partition, raise_on_error=False, tags=tags
         )
 
     # ------------------------------------------------------------- sensor
@@ -115,7 +118,14 @@ class Harness:
             if request.run_key in self.run_keys:
                 continue
             self.run_keys.append(request.run_key)
-            self.collect_runs.append(self.run_job(f"{NAME}_collect", request.partition_key))
+            tags = {
+                **request.tags,
+                "dagster/run_key": request.run_key,
+                "dagster/sensor_name": self.pipeline.sensor.name,
+            }
+            self.collect_runs.append(
+                self.run_job(f"{NAME}_collect", request.partition_key, tags=tags)
+            )
         return result
 
     def tick_until(

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from dagster_inference_batch import budget
+from dagster_inference_batch.client import InferenceBatchClient
+from dagster_inference_batch.errors import BatchAPIError
 from dagster_inference_batch.state import CANCEL_KEY, JOB_KEY
 from tests.dagster_harness import NAME, Harness
 
@@ -248,7 +253,7 @@ def test_several_partitions_in_flight_each_collected_once(instance, batch_server
 
 
 def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
-    server = batch_server()
+    server = batch_server(validating_seconds=4.0)  # nothing finishes during the 3 ticks
     partitions = dg.StaticPartitionsDefinition(["a", "b", "c"])
     harness = Harness(
         instance, server.base_url, rows=3, partitions_def=partitions, sensor_budget_seconds=0
@@ -259,10 +264,13 @@ def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
     seen = []
     for _ in range(3):
         tick = harness.tick()
-        seen.append({e.partition for e in tick.asset_events})
-        assert len(seen[-1]) == 1  # the budget allowed one partition per tick
-    assert set().union(*seen) == {"a", "b", "c"}
-    assert "not reached this tick" in (tick.skip_message or "") or tick.run_requests
+        seen.append([e.partition for e in tick.asset_events])
+        assert not tick.run_requests
+        assert tick.skip_message == (
+            "3 in flight (3 validating; 0/9 requests done); 2 not reached this tick, "
+            "first next tick"
+        )
+    assert seen == [["a"], ["b"], ["c"]]  # one partition per tick, the ones left out first
 
     harness.tick_until(lambda: all(harness.results_done(k) for k in "abc"))
     assert len(harness.run_keys) == 3
@@ -319,3 +327,114 @@ def test_api_key_never_reaches_logs_metadata_errors_or_the_event_log(
         for run in instance.get_runs():
             for entry in instance.all_logs(run.run_id):
                 assert key not in repr(entry)
+
+
+def failing_results(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
+    """Make the first `failures` calls of `client.results` fail as a provider 503 would."""
+    calls: list[int] = []
+    original = InferenceBatchClient.results
+
+    def results(self, job, *args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) <= failures:
+            raise BatchAPIError("download output file: 503 after 6 retries", status_code=503)
+        return original(self, job, *args, **kwargs)
+
+    monkeypatch.setattr(InferenceBatchClient, "results", results)
+    return calls
+
+
+def test_failed_results_run_is_requested_again_under_a_retry_key(
+    instance, batch_server, monkeypatch
+):
+    server = batch_server()
+    harness = Harness(instance, server.base_url, rows=4)
+    harness.submit()
+    failing_results(monkeypatch, failures=2)
+
+    harness.tick_until(lambda: bool(harness.collect_runs))
+    assert not harness.collect_runs[0].success
+    harness.cursor = None  # the runs already made are found by their run_key, not the cursor
+    harness.tick_until(harness.results_done, timeout=30)
+
+    base = harness.run_keys[0]
+    assert base.endswith(":completed")
+    assert harness.run_keys == [base, f"{base}:retry1", f"{base}:retry2"]
+    assert [run.success for run in harness.collect_runs] == [False, False, True]
+    assert harness.collect_runs[-1].dagster_run.tags["inference_batch/status"] == "completed"
+    assert (harness.results_frame()["status"] == "succeeded").all()
+    assert harness.tick().skip_message == "no batches in flight"
+
+
+def test_results_run_retries_are_bounded(instance, batch_server, monkeypatch):
+    server = batch_server()
+    harness = Harness(instance, server.base_url, rows=4)
+    harness.submit()
+    failing_results(monkeypatch, failures=100)
+
+    harness.tick_until(lambda: len(harness.collect_runs) == 4, timeout=30)
+    ticks = [harness.tick() for _ in range(2)]
+
+    assert len(harness.run_keys) == 4 and harness.run_keys[-1].endswith(":retry3")
+    assert not any(run.success for run in harness.collect_runs)
+    for tick in ticks:
+        assert not tick.run_requests
+        assert tick.skip_message == (
+            "1 whose results run failed 4 times "
+            "(see the runs; materialize the results asset to try again)"
+        )
+
+
+def test_validation_failure_is_not_retried(instance, batch_server):
+    server = batch_server(max_requests_per_batch=5)
+    harness = Harness(instance, server.base_url, rows=8)
+    harness.submit()
+    harness.tick_until(lambda: bool(harness.collect_runs))
+    harness.cursor = None  # even with the cursor lost
+
+    tick = harness.tick()
+
+    assert len(harness.collect_runs) == 1 and not harness.collect_runs[0].success
+    assert not tick.run_requests
+    assert tick.skip_message == "1 waiting for a requested results run"
+
+
+def test_sensor_client_stays_open_until_a_refresh_given_up_on_returns(
+    instance, batch_server, monkeypatch
+):
+    server = batch_server()
+    harness = Harness(instance, server.base_url, rows=2, sensor_budget_seconds=0)
+    harness.submit()
+    monkeypatch.setattr(budget, "GRACE_SECONDS", 0.2)
+    events: list[str] = []
+    refreshed = threading.Event()
+    original_refresh, original_close = InferenceBatchClient.refresh, InferenceBatchClient.close
+
+    def slow_refresh(self, job):
+        time.sleep(1.5)  # longer than the tick may take
+        try:
+            return original_refresh(self, job)
+        except Exception as error:
+            events.append(f"refresh failed: {error}")
+            raise
+        finally:
+            events.append("refresh returned")
+            refreshed.set()
+
+    def close(self):
+        events.append("close")
+        original_close(self)
+
+    monkeypatch.setattr(InferenceBatchClient, "refresh", slow_refresh)
+    monkeypatch.setattr(InferenceBatchClient, "close", close)
+
+    started = time.monotonic()
+    tick = harness.tick()
+    took = time.monotonic() - started
+
+    assert took < 1.2  # the tick did not wait for the straggler
+    assert tick.skip_message.endswith("1 not reached this tick, first next tick")
+    assert "close" not in events
+    assert refreshed.wait(10)
+    time.sleep(0.2)
+    assert events == ["refresh returned", "close"]
