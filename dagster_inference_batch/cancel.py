@@ -6,6 +6,9 @@ from .metadata import batch_metadata
 from .resource import InferenceBatchResource
 from .state import CANCEL_KEY, latest_job, partition_of
 
+CANCELLED_KEY = "inference_batch/cancelled_batch_ids"
+_CANCELLING = ("cancelling", "cancelled")
+
 
 def build_cancel_job(
     name: str,
@@ -17,8 +20,10 @@ def build_cancel_job(
     """A job (partitioned like the assets) that cancels the selected partition's batches.
 
     The cancel is recorded as a ``<name>_batch`` materialization marked
-    ``inference_batch/cancel_requested``: the sensor then collects what finished instead
-    of resubmitting the rest.
+    ``inference_batch/cancel_requested``, listing the batches it actually cancelled: the
+    sensor then collects what finished instead of resubmitting the rest. A batch that
+    finished between the refresh and the cancel (the provider answers 409) is left as it
+    is; when every batch did, nothing is recorded.
     """
 
     @dg.op(name=f"{name}_cancel_batches", required_resource_keys={resource_key})
@@ -34,14 +39,25 @@ def build_cancel_job(
             if job.is_final:
                 context.log.info(f"nothing to cancel{where}: the batches are {job.status}")
                 return
+            live = {s.batch_id for s in job.current_shards if not s.is_final}
             job = client.cancel(job)
-        context.log.info(f"cancelling {', '.join(job.batch_ids)}{where}")
+        asked = [s for s in job.current_shards if s.batch_id in live]
+        cancelled = [s.batch_id for s in asked if s.status in _CANCELLING]
+        finished = [f"{s.batch_id} ({s.status})" for s in asked if s.status not in _CANCELLING]
+        if finished:
+            context.log.info(
+                f"already finished before the cancel reached them{where}: {', '.join(finished)}"
+            )
+        if not cancelled:
+            context.log.info(f"nothing cancelled{where}: every batch finished meanwhile")
+            return
+        context.log.info(f"cancelling {', '.join(b for b in cancelled if b)}{where}")
         context.log_event(
             dg.AssetMaterialization(
                 asset_key=batch_key,
                 partition=partition,
                 description="cancel requested; finished results are kept",
-                metadata={**batch_metadata(job), CANCEL_KEY: True},
+                metadata={**batch_metadata(job), CANCEL_KEY: True, CANCELLED_KEY: cancelled},
             )
         )
 

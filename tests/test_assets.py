@@ -12,8 +12,10 @@ import dagster as dg
 import pytest
 
 from dagster_inference_batch import budget
+from dagster_inference_batch.cancel import CANCELLED_KEY
 from dagster_inference_batch.client import InferenceBatchClient
 from dagster_inference_batch.errors import BatchAPIError
+from dagster_inference_batch.job import BatchJob
 from dagster_inference_batch.state import CANCEL_KEY, JOB_KEY
 from tests.dagster_harness import NAME, Harness
 
@@ -438,3 +440,47 @@ def test_sensor_client_stays_open_until_a_refresh_given_up_on_returns(
     assert refreshed.wait(10)
     time.sleep(0.2)
     assert events == ["refresh returned", "close"]
+
+
+def test_cancel_job_copes_with_a_batch_that_finished_meanwhile(instance, batch_server, monkeypatch):
+    # two shards: one request (done in ~4 s) and two (the second answered ~4 s later)
+    server = batch_server(requests_per_second=0.25)
+    harness = Harness(
+        instance, server.base_url, rows=3, resource_options={"max_requests_per_batch": 2}
+    )
+    harness.submit()
+    recorded = BatchJob.from_dict(
+        harness.materializations(harness.pipeline.batch_key)[-1].metadata[JOB_KEY].value
+    )
+    assert sorted(s.request_count for s in recorded.shards) == [1, 2]
+    small = next(s.batch_id for s in recorded.shards if s.request_count == 1)
+    big = next(s.batch_id for s in recorded.shards if s.request_count == 2)
+    client = harness.resources["inference_batch"].get_client()
+    deadline = time.monotonic() + 30
+    while {s.batch_id: s.status for s in client.refresh(recorded).shards}[small] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    client.close()
+    # the cancel job's refresh sees the state as recorded, before the small batch finished
+    original_refresh = InferenceBatchClient.refresh
+    stale = iter([recorded])
+
+    def refresh(self, job):
+        return next(stale, None) or original_refresh(self, job)
+
+    monkeypatch.setattr(InferenceBatchClient, "refresh", refresh)
+    cancel = harness.run_job(f"{NAME}_cancel")
+    monkeypatch.setattr(InferenceBatchClient, "refresh", original_refresh)
+
+    assert cancel.success
+    marked = harness.materializations(harness.pipeline.batch_key)[-1].metadata
+    assert marked[CANCEL_KEY].value is True
+    assert marked[CANCELLED_KEY].value == [big]
+    assert any(
+        f"{small} (completed)" in message for message in user_messages(instance, cancel.run_id)
+    )
+
+    harness.tick_until(harness.results_done)
+    frame = harness.results_frame()
+    assert frame["status"].value_counts().to_dict() == {"succeeded": 2, "cancelled": 1}
+    assert check_results(harness.collect_runs[0])[f"{NAME}_results_complete"].passed
