@@ -1,6 +1,14 @@
-"""LLM batch inference (Inference.net, OpenAI and compatible Batch APIs) for Dagster."""
+"""LLM batch inference (Inference.net, OpenAI and compatible Batch APIs) for Dagster.
 
-from .assets import InferenceBatchDefinitions, build_inference_batch_assets
+The plain client (``InferenceBatchClient``, ``build_requests``, ``BatchJob``) imports
+without Dagster; the Dagster names load Dagster the first time they are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .client import InferenceBatchClient
 from .errors import (
     BatchAPIError,
@@ -9,8 +17,17 @@ from .errors import (
     InvalidBatchInput,
 )
 from .job import BatchJob, BatchShard
-from .requests import build_requests
-from .resource import InferenceBatchResource
+from .requests import EncodedRequests, build_requests
+
+if TYPE_CHECKING:
+    from .assets import InferenceBatchDefinitions, build_inference_batch_assets
+    from .resource import InferenceBatchResource
+
+_DAGSTER_NAMES = {
+    "InferenceBatchDefinitions": ".assets",
+    "build_inference_batch_assets": ".assets",
+    "InferenceBatchResource": ".resource",
+}
 
 __all__ = [
     "BatchAPIError",
@@ -18,6 +35,7 @@ __all__ = [
     "BatchJob",
     "BatchShard",
     "BatchWaitTimeout",
+    "EncodedRequests",
     "InferenceBatchClient",
     "InferenceBatchDefinitions",
     "InferenceBatchResource",
@@ -25,3 +43,11 @@ __all__ = [
     "build_inference_batch_assets",
     "build_requests",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DAGSTER_NAMES:
+        value = getattr(importlib.import_module(_DAGSTER_NAMES[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,15 +25,30 @@ import pandas as pd
 
 from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
 from .job import BatchJob, BatchShard
-from .requests import EncodedRequests, encode_requests, shard_requests, write_jsonl
-from .results import ResultFile, collect_results, leftover_custom_ids, parse_result_files
+from .requests import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_REQUESTS,
+    EncodedRequests,
+    encode_requests,
+    shard_requests,
+    write_jsonl,
+)
+from .results import (
+    ResultFile,
+    collect_results,
+    leftover_custom_ids,
+    mark_unanswered,
+    parse_result_files,
+)
 from .retries import RetryPolicy
 
 DEFAULT_BASE_URL = "https://batch.inference.net/v1"
-MiB = 1024 * 1024
 MAX_CALLER_METADATA_KEYS = 13  # providers allow 16; three are ours
 _FINAL_TIME_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+MAX_IDEMPOTENCY_KEY_CHARS = 256  # batch keys must fit a 512-character metadata value
+# Endpoints a provider turned out not to offer, by base URL: said once per process.
+_missing_endpoints: dict[str, set[str]] = {}
 _T = TypeVar("_T")
 
 RequestsLike = pd.DataFrame | Iterable[dict[str, Any]] | str | Path | EncodedRequests
@@ -43,8 +58,10 @@ def _is_loopback(base_url: str) -> bool:
     return (urlparse(base_url).hostname or "") in _LOOPBACK_HOSTS
 
 
-def _batch_key(job_key: str, shard_index: int, attempt: int) -> str:
-    return f"{job_key}#s{shard_index}a{attempt}"
+def _batch_key(job_key: str, shard_index: int, attempt: int, sha256: str) -> str:
+    """The key one batch carries: job, shard, attempt and the shard's content, so a batch
+    is reused only for the very same request lines."""
+    return f"{job_key}#s{shard_index}a{attempt}:{sha256[:16]}"
 
 
 def _upload_name(batch_key: str) -> str:
@@ -69,8 +86,8 @@ class InferenceBatchClient:
         api_key: str | None = None,
         base_url: str = DEFAULT_BASE_URL,
         *,
-        max_requests_per_batch: int = 50_000,
-        max_bytes_per_batch: int = 200 * MiB,
+        max_requests_per_batch: int = DEFAULT_MAX_REQUESTS,
+        max_bytes_per_batch: int = DEFAULT_MAX_BYTES,
         max_retries: int = 6,
         backoff_seconds: float = 0.5,
         timeout: float = 120.0,
@@ -79,11 +96,16 @@ class InferenceBatchClient:
         delete_files_after_results: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
-        api_key = api_key or os.environ.get("INFERENCE_API_KEY")
+        if api_key is None and base_url in (
+            DEFAULT_BASE_URL,
+            os.environ.get("INFERENCE_BASE_URL"),
+        ):
+            api_key = os.environ.get("INFERENCE_API_KEY")
         if not api_key:
             if not _is_loopback(base_url):
                 raise ValueError(
-                    f"no API key for {base_url}: pass api_key= or set INFERENCE_API_KEY"
+                    f"no API key for {base_url}: pass api_key= (INFERENCE_API_KEY is used "
+                    f"only for {DEFAULT_BASE_URL} or INFERENCE_BASE_URL)"
                 )
             api_key = "local-server"  # the local server takes any non-empty bearer
         self._api_key = api_key
@@ -98,7 +120,7 @@ class InferenceBatchClient:
         self._openai = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
-        self._missing_endpoints: set[str] = set()
+        self._missing_endpoints = _missing_endpoints.setdefault(base_url, set())
 
     def __repr__(self) -> str:
         return f"InferenceBatchClient(base_url={self.base_url!r})"
@@ -174,12 +196,15 @@ class InferenceBatchClient:
                 "are allowed (the provider's 16 less three used for idempotency)"
             )
         job_key = idempotency_key or f"sha256:{encoded.sha256()[:32]}"
-        ids_digest = hashlib.sha256("\n".join(encoded.custom_ids).encode()).hexdigest()
+        if len(job_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ValueError(
+                f"idempotency_key has {len(job_key)} characters; at most "
+                f"{MAX_IDEMPOTENCY_KEY_CHARS} fit in the provider's metadata"
+            )
         job = BatchJob(
             endpoint=encoded.endpoint,
             idempotency_key=job_key,
             metadata=metadata,
-            custom_ids_sha256=ids_digest,
             request_count=len(encoded),
             submitted_at=time.time(),
         )
@@ -196,7 +221,7 @@ class InferenceBatchClient:
         with tempfile.TemporaryDirectory(prefix="dib-upload-") as tmp:
 
             def upload_one(shard: Any) -> BatchShard:
-                key = _batch_key(job_key, shard.index, attempt)
+                key = _batch_key(job_key, shard.index, attempt, shard.sha256)
                 path = Path(tmp) / _upload_name(key)
                 file_id = uploaded.get((path.name, shard.nbytes))
                 if file_id:
@@ -324,15 +349,13 @@ class InferenceBatchClient:
         """Fetch every unfinished shard's batch (concurrently); returns an updated copy."""
         job = _copy(job)
         live = [s for s in job.shards if s.batch_id and not s.is_final]
-        batches = self._map(
-            lambda s: self._call(
-                f"retrieve {s.batch_id}", lambda: self._openai.batches.retrieve(s.batch_id)
-            ),
-            live,
-        )
+        batches = self._map(lambda s: self._retrieve(s.batch_id), live)
         for shard, batch in zip(live, batches, strict=True):
             _apply_batch(shard, batch)
         return job
+
+    def _retrieve(self, batch_id: str) -> Any:
+        return self._call(f"retrieve {batch_id}", lambda: self._openai.batches.retrieve(batch_id))
 
     def wait(
         self, job: BatchJob, *, poll_interval: float = 10.0, timeout: float | None = None
@@ -341,16 +364,18 @@ class InferenceBatchClient:
 
         Raises ``BatchWaitTimeout`` after ``timeout`` seconds; the batches keep running.
         """
+        if any(s.batch_id is None for s in job.current_shards):
+            raise ValueError("the job has uploaded files but no batches yet: create(job) first")
         started = time.monotonic()
         job = self.refresh(job)
         while not job.is_final:
             waited = time.monotonic() - started
-            if timeout is not None and waited + poll_interval > timeout:
+            if timeout is not None and waited >= timeout:
                 raise BatchWaitTimeout(
                     f"batches {', '.join(job.batch_ids)} still {job.status} after "
-                    f"{waited:.0f}s (timeout {timeout}s); they keep running at the provider"
+                    f"{waited:.1f}s (timeout {timeout}s); they keep running at the provider"
                 )
-            time.sleep(poll_interval)
+            time.sleep(poll_interval if timeout is None else min(poll_interval, timeout - waited))
             job = self.refresh(job)
         return job
 
@@ -360,9 +385,14 @@ class InferenceBatchClient:
         live = [s for s in job.current_shards if s.batch_id and not s.is_final]
 
         def cancel_one(shard: BatchShard) -> Any:
-            return self._call(
-                f"cancel {shard.batch_id}", lambda: self._openai.batches.cancel(shard.batch_id)
-            )
+            try:
+                return self._call(
+                    f"cancel {shard.batch_id}", lambda: self._openai.batches.cancel(shard.batch_id)
+                )
+            except BatchAPIError as error:
+                if error.status_code != 409:  # 409: it finished meanwhile; nothing to cancel
+                    raise
+                return self._retrieve(shard.batch_id)
 
         for shard, batch in zip(live, self._map(cancel_one, live), strict=True):
             _apply_batch(shard, batch)
@@ -416,22 +446,41 @@ class InferenceBatchClient:
             if file_id
         ]
 
-        def fetch(item: tuple[BatchShard, str, str]) -> ResultFile:
-            shard, kind, file_id = item
-            path = self._download(file_id, folder / f"{file_id}.jsonl")
+        def fetch(numbered: tuple[int, tuple[BatchShard, str, str]]) -> ResultFile:
+            number, (shard, kind, file_id) = numbered
+            path = self._download(file_id, folder / f"result-{number}.jsonl")
             return ResultFile(
                 path=path, kind=kind, batch_id=shard.batch_id or "", attempt=shard.attempt
             )
 
-        return self._map(fetch, wanted)
+        return self._map(fetch, list(enumerate(wanted)))
 
-    def _input_lines(self, shards: list[BatchShard], folder: Path) -> list[bytes]:
-        paths = self._map(lambda s: self._download(s.file_id, folder / f"{s.file_id}.in"), shards)
-        return [line for path in paths for line in path.read_bytes().splitlines() if line.strip()]
+    def _download_inputs(self, shards: list[BatchShard], folder: Path) -> list[Path]:
+        """The shards' input files, downloaded (named by position, never by provider id)."""
+        return self._map(
+            lambda numbered: self._download(
+                numbered[1].file_id, folder / f"input-{numbered[0]}-{numbered[1].index}.jsonl"
+            ),
+            list(enumerate(shards)),
+        )
 
     def _custom_ids(self, job: BatchJob, folder: Path) -> list[str]:
         first = [s for s in job.shards if s.attempt == 1]
-        return [orjson.loads(line)["custom_id"] for line in self._input_lines(first, folder)]
+        return [custom_id for custom_id, _ in _input_records(self._download_inputs(first, folder))]
+
+    def _mark_unanswered(self, job: BatchJob, frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+        """Requests an expired or cancelled batch never answered take that batch's status
+        (a batch cancelled while validating has no error file to say so)."""
+        ended = [s for s in job.shards if s.status in ("expired", "cancelled")]
+        missing = set(frame.loc[frame["status"] == "missing", "custom_id"])
+        if not ended or not missing:
+            return frame
+        owners: dict[str, tuple[str, str, int]] = {}
+        for shard, path in zip(ended, self._download_inputs(ended, folder), strict=True):
+            for custom_id, _ in _input_records([path]):
+                if custom_id in missing:  # later attempts come later and win
+                    owners[custom_id] = (shard.status, shard.batch_id or "", shard.attempt)
+        return mark_unanswered(frame, owners)
 
     def _raise_if_failed(self, job: BatchJob) -> None:
         if job.status == "failed":
@@ -460,6 +509,7 @@ class InferenceBatchClient:
             else:
                 custom_ids = self._custom_ids(job, folder)
             frame = collect_results(files, custom_ids, inputs, id_column=id_column)
+            frame = self._mark_unanswered(job, frame, folder)
         if self.delete_files_after_results:
             self.delete_files(job)
         return frame
@@ -494,25 +544,40 @@ class InferenceBatchClient:
         """
         if not job.is_final:
             raise BatchAPIError(f"job {job.idempotency_key} is still {job.status}")
-        retryable = [s for s in job.current_shards if s.status != "failed"]
-        if not retryable:
+        statuses = {"expired", "cancelled", *(["completed"] if include_failed else [])}
+        shards = [s for s in job.current_shards if s.status in statuses]
+        if not shards:
             return job
         with tempfile.TemporaryDirectory(prefix="dib-resubmit-") as tmp:
             folder = Path(tmp)
             frame = parse_result_files(self._download_result_files(job.shards, folder))
-            lines = self._input_lines(retryable, folder)
-            by_id = {orjson.loads(line)["custom_id"]: line for line in lines}
-            left = leftover_custom_ids(frame, list(by_id), include_failed=include_failed)
-        if not left:
-            return job
-        remainder = encode_requests(
-            [orjson.loads(by_id[custom_id]) for custom_id in left], endpoint=job.endpoint
-        )
+            inputs = self._download_inputs(shards, folder)
+            ids = [custom_id for custom_id, _ in _input_records(inputs)]
+            left = set(leftover_custom_ids(frame, ids, include_failed=include_failed))
+            if not left:
+                return job
+            remainder = encode_requests(
+                (
+                    orjson.loads(line)
+                    for custom_id, line in _input_records(inputs)
+                    if custom_id in left
+                ),
+                endpoint=job.endpoint,
+            )
         new_job = _copy(job)
         attempt = job.attempt + 1
-        self.log.info("resubmitting %d requests as attempt %d", len(left), attempt)
+        self.log.info("resubmitting %d requests as attempt %d", len(remainder), attempt)
         new_job.shards.extend(self._upload_shards(remainder, job.idempotency_key, attempt))
         return self.create(new_job, webhook_url=webhook_url)
+
+
+def _input_records(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    """(custom_id, line) of each request line in the files, streamed."""
+    for path in paths:
+        with path.open("rb") as handle:
+            for line in handle:
+                if line.strip():
+                    yield orjson.loads(line)["custom_id"], line
 
 
 def _copy(job: BatchJob) -> BatchJob:

@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .local_server.config import API_KEY_ENV, UPSTREAM_API_KEY_ENV
+
 STATE_DIR_ENV = "INFERENCE_LOCAL_SERVER_DIR"
 SERVE_SCRIPT = Path(__file__).with_name("local_server") / "_serve.py"
+SERVER_KEY_VARIABLES = (API_KEY_ENV, UPSTREAM_API_KEY_ENV)
 STARTUP_TIMEOUT_SECONDS = 30.0
 
 
@@ -46,8 +49,13 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _is_listening(base_url: str) -> bool:
-    parsed = urlparse(base_url)
+def _is_running(state: dict[str, object]) -> bool:
+    """The recorded server process is alive and its port answers."""
+    try:
+        os.kill(int(state["pid"]), 0)  # type: ignore[call-overload]
+    except (KeyError, OSError, TypeError, ValueError):
+        return False
+    parsed = urlparse(str(state.get("base_url", "")))
     try:
         with socket.create_connection((parsed.hostname, parsed.port), timeout=1.0):
             return True
@@ -68,9 +76,12 @@ def _spawn(state_dir: Path) -> dict[str, object]:
         "--data-dir",
         str(state_dir / "data"),
     ]
+    # the shared server takes any key: keys meant for a hand-started server stay out
+    env = {k: v for k, v in os.environ.items() if k not in SERVER_KEY_VARIABLES}
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
             command,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -85,6 +96,7 @@ def _spawn(state_dir: Path) -> dict[str, object]:
             break
         time.sleep(0.05)
     process.kill()
+    process.wait()
     raise RuntimeError(
         f"the local Batch API server did not start; see {log_path}:\n"
         + log_path.read_text(errors="replace")[-2000:]
@@ -102,9 +114,9 @@ def ensure_local_server(state_dir: Path | None = None) -> str:
     state_file = state_dir / "server.json"
     with _locked(state_dir):
         if state_file.exists():
-            base_url = json.loads(state_file.read_text())["base_url"]
-            if _is_listening(base_url):
-                return base_url
+            recorded = json.loads(state_file.read_text())
+            if _is_running(recorded):
+                return str(recorded["base_url"])
         state = _spawn(state_dir)
         state_file.write_text(json.dumps(state))
         return str(state["base_url"])

@@ -59,7 +59,6 @@ class BatchJob:
     endpoint: str
     idempotency_key: str
     metadata: dict[str, str] = field(default_factory=dict)
-    custom_ids_sha256: str = ""
     request_count: int = 0
     shards: list[BatchShard] = field(default_factory=list)
     submitted_at: float | None = None

@@ -7,8 +7,9 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from .client import DEFAULT_BASE_URL, InferenceBatchClient, MiB
+from .client import DEFAULT_BASE_URL, InferenceBatchClient
 from .embedded_server import ensure_local_server
+from .requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
 
 BASE_URL_ENV = "INFERENCE_BASE_URL"
 API_KEY_ENV = "INFERENCE_API_KEY"
@@ -37,9 +38,16 @@ class InferenceBatchResource(dg.ConfigurableResource):
         description=f"Batch API base URL; INFERENCE_BASE_URL overrides the default "
         f"{DEFAULT_BASE_URL}.",
     )
-    max_requests_per_batch: int = Field(default=50_000, description="Requests per batch.")
-    max_bytes_per_batch: int = Field(default=200 * MiB, description="Bytes per batch file.")
+    max_requests_per_batch: int = Field(
+        default=DEFAULT_MAX_REQUESTS, description="Requests per batch."
+    )
+    max_bytes_per_batch: int = Field(default=DEFAULT_MAX_BYTES, description="Bytes per batch file.")
     max_retries: int = Field(default=6, description="Retries on 429, 5xx and resets.")
+    backoff_seconds: float = Field(default=0.5, description="First retry pause; doubles.")
+    list_scan_limit: int = Field(
+        default=500, description="Recent batches scanned for an idempotency key."
+    )
+    concurrency: int = Field(default=8, description="Parallel API calls per job.")
     timeout: float = Field(default=120.0, description="Seconds per API call.")
     delete_files_after_results: bool = Field(
         default=False, description="Delete input/output files once results are joined."
@@ -75,7 +83,10 @@ class InferenceBatchResource(dg.ConfigurableResource):
             max_requests_per_batch=self.max_requests_per_batch,
             max_bytes_per_batch=self.max_bytes_per_batch,
             max_retries=self.max_retries,
+            backoff_seconds=self.backoff_seconds,
             timeout=self.timeout,
+            list_scan_limit=self.list_scan_limit,
+            concurrency=self.concurrency,
             delete_files_after_results=self.delete_files_after_results,
             logger=dg.get_dagster_logger(),
         )

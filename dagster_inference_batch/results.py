@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,3 +376,36 @@ def leftover_custom_ids(
         )
         leftover |= (status == "failed") & retryable
     return joined.loc[leftover, "custom_id"].tolist()
+
+
+_ENDED_ERROR_CODES = {"expired": "batch_expired", "cancelled": "batch_cancelled"}
+
+
+def mark_unanswered(
+    frame: pd.DataFrame, owners: Mapping[str, tuple[str, str, int]]
+) -> pd.DataFrame:
+    """Give ``missing`` rows whose batch ended ``expired`` or ``cancelled`` that status.
+
+    ``owners`` maps a custom_id to (status, batch_id, attempt) of the batch that held it.
+    A batch stopped before it processed anything may write no error file at all; its
+    requests were not lost, they were never run.
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "missing"],
+        ...     "error_code": [None, None], "error_message": [None, None],
+        ...     "batch_id": ["b1", None], "attempt": pd.array([1, None], dtype="Int64")})
+        >>> mark_unanswered(rows, {"b": ("cancelled", "b1", 1)})["status"].tolist()
+        ['succeeded', 'cancelled']
+    """
+    owned = frame["custom_id"].map(lambda custom_id: owners.get(custom_id))
+    rows = (frame["status"] == "missing") & owned.notna()
+    if not rows.any():
+        return frame
+    frame = frame.copy()
+    status = owned[rows].map(lambda owner: owner[0])
+    frame.loc[rows, "status"] = status
+    frame.loc[rows, "error_code"] = status.map(_ENDED_ERROR_CODES)
+    frame.loc[rows, "error_message"] = "not run: the batch ended " + status
+    frame.loc[rows, "batch_id"] = owned[rows].map(lambda owner: owner[1])
+    frame.loc[rows, "attempt"] = owned[rows].map(lambda owner: owner[2]).astype("Int64")
+    return frame

@@ -4,6 +4,8 @@ timeouts and dropped connections; every other error goes straight to the caller.
 
 from __future__ import annotations
 
+import email.utils
+import importlib
 import logging
 import random
 import time
@@ -17,28 +19,55 @@ from .errors import BatchAPIError
 
 T = TypeVar("T")
 
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's transport errors: a stream cut short while it is being read
+    surfaces as one of these, not as an openai error (openai 1.x uses httpx, later
+    releases httpx2)."""
+    found = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            continue
+    return tuple(found)
+
+
 _RETRYABLE = (
     openai.RateLimitError,
     openai.InternalServerError,
     openai.APIConnectionError,  # includes APITimeoutError
-    openai.ConflictError,
+    *_transport_errors(),
 )
+_CAUGHT = (openai.APIError, *_transport_errors())
 
 
 def is_retryable(error: BaseException) -> bool:
-    """True for errors worth another try: 429, 409, 5xx, timeouts and resets."""
+    """True for errors worth another try: 429, 5xx, timeouts, resets and cut streams."""
     if isinstance(error, _RETRYABLE):
         return True
     return isinstance(error, openai.APIStatusError) and error.status_code >= 500
 
 
 def retry_after_seconds(error: BaseException) -> float | None:
-    """The server's ``Retry-After`` hint in seconds, when it gave one."""
+    """The server's hint in seconds (``retry-after-ms``, or ``Retry-After`` as seconds or
+    an HTTP date), when it gave one."""
     response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
+    if response is None:
+        return None
+    headers = response.headers
     try:
-        return float(value) if value is not None else None
-    except ValueError:
+        if headers.get("retry-after-ms") is not None:
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
         return None
 
 
@@ -55,11 +84,12 @@ class RetryPolicy:
     max_retries: int = 6
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 30.0
+    max_retry_after_seconds: float = 300.0  # a server's own hint is honoured up to this
 
     def delay(self, attempt: int, error: BaseException) -> float:
         hinted = retry_after_seconds(error)
         if hinted is not None:
-            return min(hinted, self.max_backoff_seconds)
+            return min(hinted, self.max_retry_after_seconds)
         exponential = self.backoff_seconds * (2**attempt)
         return min(exponential, self.max_backoff_seconds) * random.uniform(0.5, 1.0)
 
@@ -80,7 +110,7 @@ class RetryPolicy:
         for attempt in range(self.max_retries + 1):
             try:
                 return fn()
-            except openai.APIError as error:
+            except _CAUGHT as error:
                 status = getattr(error, "status_code", None)
                 if not is_retryable(error):
                     raise BatchAPIError(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 
 import openai
@@ -158,46 +159,31 @@ def test_rerun_after_a_crash_never_pays_twice(fast_server, mode, tmp_path):
 
 
 def test_expired_rows_are_kept_and_resubmitted(batch_server):
-    server = batch_server(
-        api_key=API_KEY, requests_per_second=40, expire_after=1.5, validating_seconds=0.05
-    )
+    # every batch expires right after 120 of its requests are answered
+    server = batch_server(api_key=API_KEY, expire_after_requests=120)
     client = make_client(server)
     inputs = chat_requests(200)
-    job = client.wait(client.submit(inputs), poll_interval=0.2, timeout=60)
+    job = client.wait(client.submit(inputs), poll_interval=0.1, timeout=60)
     assert job.status == "expired"
 
     first = client.results(job, inputs)
-    counts = first["status"].value_counts().to_dict()
-    assert 0 < counts.get("succeeded", 0) < 200
-    assert counts.get("expired", 0) == 200 - counts["succeeded"]
+    assert first["status"].value_counts().to_dict() == {"succeeded": 120, "expired": 80}
+    finished_first = set(first.loc[first.status == "succeeded", "custom_id"])
 
     retry = client.resubmit(job)
     assert retry.attempt == 2
-    assert sum(s.request_count for s in retry.current_shards) == counts["expired"]
+    assert sum(s.request_count for s in retry.current_shards) == 80
     assert client.resubmit(job).batch_ids == retry.batch_ids  # resubmission is idempotent
 
-
-def test_resubmitted_attempt_completes_every_row(batch_server):
-    server = batch_server(api_key=API_KEY, requests_per_second=60, expire_after=1.0)
-    client = make_client(server)
-    inputs = chat_requests(120)
-    job = client.wait(client.submit(inputs), poll_interval=0.2, timeout=60)
-    assert job.status == "expired"
-    succeeded_first = set(client.results(job, inputs).query("status == 'succeeded'").custom_id)
-
-    job = client.resubmit(job)
-    # each attempt gets its own window: keep resubmitting until nothing is left
-    for _ in range(10):
-        job = client.wait(job, poll_interval=0.2, timeout=60)
-        if job.status == "completed":
-            break
-        job = client.resubmit(job)
-    assert job.attempt >= 2
-    frame = client.results(job, inputs)
-    assert len(frame) == 120
+    done = client.wait(retry, poll_interval=0.1, timeout=60)
+    assert done.status == "completed"
+    frame = client.results(done, inputs)
+    assert len(frame) == 200
     assert set(frame["status"]) == {"succeeded"}
-    kept = frame[frame.custom_id.isin(succeeded_first)]
+    kept = frame[frame.custom_id.isin(finished_first)]
     assert set(kept["attempt"]) == {1}  # finished results of attempt 1 were kept, not redone
+    assert set(frame.loc[~frame.custom_id.isin(finished_first), "attempt"]) == {2}
+    assert client.resubmit(done).batch_ids == done.batch_ids  # nothing left to resubmit
 
 
 def test_provider_validation_failure_is_raised_with_its_errors(fast_server):
@@ -330,8 +316,10 @@ def test_cancel_keeps_finished_rows(batch_server):
     client = make_client(server)
     inputs = chat_requests(300)
     job = client.submit(inputs)
+    deadline = time.monotonic() + 30
     while client.refresh(job).request_counts()["completed"] < 10:
-        pass
+        assert time.monotonic() < deadline, "the server answered nothing in 30 s"
+        time.sleep(0.05)
     job = client.wait(client.cancel(job), poll_interval=0.1, timeout=30)
     assert job.status == "cancelled"
     frame = client.results(job, inputs)
@@ -344,9 +332,54 @@ def test_wait_timeout_leaves_batches_running(batch_server):
     server = batch_server(api_key=API_KEY, requests_per_second=5)
     client = make_client(server)
     job = client.submit(chat_requests(50))
+    started = time.monotonic()
     with pytest.raises(BatchWaitTimeout, match="keep running"):
-        client.wait(job, poll_interval=0.1, timeout=0.5)
+        client.wait(job, poll_interval=30, timeout=0.5)  # waits the timeout, not a poll
+    assert 0.5 <= time.monotonic() - started < 10
     assert client.refresh(job).status in {"validating", "in_progress"}
+
+
+def test_wait_needs_created_batches(fast_server):
+    client = make_client(fast_server)
+    uploaded = client.upload(chat_requests(3))
+    with pytest.raises(ValueError, match="create"):
+        client.wait(uploaded, timeout=1)
+
+
+def test_same_key_with_other_lines_gets_its_own_batches(fast_server):
+    client = make_client(fast_server)
+    hello = chat_requests(5, prefix="x")
+    world = hello.assign(
+        body=[{**b, "messages": [{"role": "user", "content": "Say world"}]} for b in hello.body]
+    )
+    first = client.wait(client.submit(hello, idempotency_key="nightly"), poll_interval=0.1)
+    second = client.wait(client.submit(world, idempotency_key="nightly"), poll_interval=0.1)
+    assert set(first.batch_ids).isdisjoint(second.batch_ids)
+    assert {s.file_id for s in first.shards}.isdisjoint(s.file_id for s in second.shards)
+    answers = client.results(second, world)["content"]
+    assert all("world" in answer for answer in answers), answers.tolist()
+    again = client.submit(world, idempotency_key="nightly")
+    assert again.batch_ids == second.batch_ids  # the very same lines: reused
+
+
+def test_cancel_of_a_batch_that_just_finished_is_no_error(fast_server):
+    client = make_client(fast_server)
+    stale = client.submit(chat_requests(5))
+    client.wait(stale, poll_interval=0.1, timeout=30)
+    job = client.cancel(stale)  # the provider answers 409: nothing left to cancel
+    assert job.status == "completed"
+
+
+def test_cancelled_before_it_ran_reports_every_row_cancelled(batch_server):
+    server = batch_server(api_key=API_KEY, validating_seconds=3)
+    client = make_client(server, max_requests_per_batch=10)
+    inputs = chat_requests(25)
+    job = client.wait(client.cancel(client.submit(inputs)), poll_interval=0.1, timeout=30)
+    assert job.status == "cancelled"
+    frame = client.results(job, inputs)
+    assert frame["status"].tolist() == ["cancelled"] * 25
+    assert set(frame["error_code"]) == {"batch_cancelled"}
+    assert frame["batch_id"].notna().all()
 
 
 def test_list_batches_follows_pages(fast_server):

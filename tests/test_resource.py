@@ -76,3 +76,9 @@ def test_cost_needs_both_prices():
         api_key="k", price_per_million_input_tokens=0.5, price_per_million_output_tokens=2.0
     )
     assert priced.cost(usage) == pytest.approx(3.0)
+
+
+def test_shared_server_ignores_keys_meant_for_a_hand_started_server(local_state_dir, monkeypatch):
+    monkeypatch.setenv("INFERENCE_LOCAL_SERVER_API_KEY", "only-for-my-own-server")
+    client = InferenceBatchResource().get_client()
+    assert list(client.list_batches(limit=1)) == []  # no 401: the shared server takes any key

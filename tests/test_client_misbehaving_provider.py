@@ -1,0 +1,65 @@
+"""The client against providers that lack endpoints or cut downloads short."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+
+from dagster_inference_batch import InferenceBatchClient
+from tests.loopback_proxy import LoopbackProxy
+
+LISTINGS = [("GET", "/v1/batches"), ("GET", "/v1/files")]
+
+
+def completions(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "custom_id": [f"r{i}" for i in range(n)],
+            "body": [{"model": "m", "prompt": f"count {i}"} for i in range(n)],
+        }
+    )
+
+
+@pytest.fixture
+def proxy_to(batch_server):
+    proxies: list[LoopbackProxy] = []
+
+    def start(**behaviour) -> LoopbackProxy:
+        proxy = LoopbackProxy(batch_server(api_key="test-key").base_url, **behaviour)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_client_works_without_list_endpoints(proxy_to, caplog):
+    provider = proxy_to(refuse=LISTINGS)
+    caplog.set_level(logging.WARNING)
+    inputs = completions(6)
+    for _ in range(2):  # a second client for the same provider does not warn again
+        client = InferenceBatchClient(api_key="test-key", base_url=provider.base_url)
+        job = client.submit(inputs, endpoint="/v1/completions")
+        job = client.wait(job, poll_interval=0.1, timeout=30)
+        assert set(client.results(job, inputs)["status"]) == {"succeeded"}
+        assert list(client.list_batches()) == []
+
+    assert provider.refused  # the client did try the listings
+    notices = [r.getMessage() for r in caplog.records if "does not offer" in r.getMessage()]
+    assert len(notices) == 2, notices  # once per missing endpoint, not once per call
+
+
+def test_a_download_cut_short_is_retried(proxy_to):
+    provider = proxy_to(cut_downloads=2)
+    client = InferenceBatchClient(
+        api_key="test-key", base_url=provider.base_url, backoff_seconds=0.01
+    )
+    inputs = completions(40)
+    job = client.wait(client.submit(inputs, endpoint="/v1/completions"), poll_interval=0.1)
+    frame = client.results(job, inputs)
+    assert provider.cuts_left == 0  # both cuts happened, and were survived
+    assert len(frame) == 40
+    assert set(frame["status"]) == {"succeeded"}
