@@ -187,6 +187,10 @@ class InferenceBatchClient:
 
         Nothing is uploaded when validation fails. A shard already uploaded under the
         same idempotency key (by an earlier, interrupted call) is reused.
+
+        Example:
+            >>> job = client.upload(frame, metadata={"team": "search"})  # doctest: +SKIP
+            >>> job = client.create(job)  # doctest: +SKIP
         """
         encoded = self.prepare(requests, endpoint=endpoint)
         metadata = dict(metadata or {})
@@ -380,7 +384,12 @@ class InferenceBatchClient:
         return job
 
     def cancel(self, job: BatchJob) -> BatchJob:
-        """Ask the provider to cancel every unfinished batch; finished results are kept."""
+        """Ask the provider to cancel every unfinished batch; finished results are kept.
+
+        Example:
+            >>> job = client.wait(client.cancel(job))  # doctest: +SKIP
+            >>> client.results(job).status.value_counts()  # doctest: +SKIP
+        """
         job = _copy(job)
         live = [s for s in job.current_shards if s.batch_id and not s.is_final]
 
@@ -537,6 +546,11 @@ class InferenceBatchClient:
         self, job: BatchJob, *, include_failed: bool = False, webhook_url: str | None = None
     ) -> BatchJob:
         """Start a new attempt holding only what expired or was cancelled.
+
+        Example:
+            >>> job = client.wait(job)  # doctest: +SKIP
+            >>> if job.status in ("expired", "cancelled"):  # doctest: +SKIP
+            ...     job = client.wait(client.resubmit(job))
 
         With ``include_failed`` retryable failures (408, 409, 429, 5xx) go too. Returns
         the job unchanged when nothing is left. Idempotent: the new attempt's batches
