@@ -153,7 +153,9 @@ def test_results_step_leaves_a_running_batch_to_the_sensor(instance, batch_serve
 
 
 def test_expired_remainder_is_resubmitted_then_collected(instance, batch_server):
-    server = batch_server(expire_after=2.0, requests_per_second=10)
+    # each batch expires once 16 of its requests are answered: the first attempt after 16
+    # of 24, the resubmitted 8 all finish
+    server = batch_server(expire_after_requests=16)
     harness = Harness(instance, server.base_url, rows=24)
     harness.submit()
 
@@ -164,7 +166,7 @@ def test_expired_remainder_is_resubmitted_then_collected(instance, batch_server)
     first, second = (m.metadata[JOB_KEY].value for m in batches)
     assert [s["attempt"] for s in second["shards"]] == [1, 2]
     retried = second["shards"][1]["request_count"]
-    assert 0 < retried < 24
+    assert retried == 8
     statuses = [
         o.metadata["inference_batch/status"].value
         for o in harness.observations(harness.pipeline.batch_key)

@@ -33,6 +33,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 README_SCREENSHOT = REPO / "docs" / "screenshot-results.png"
 UPDATE_SCREENSHOT = os.environ.get("UPDATE_README_SCREENSHOT") == "1"
 REVIEWS = 60
+EXPIRE_AFTER = 40  # requests the local server answers in a batch before it expires
 PRODUCTS = 6
 WAIT_SECONDS = 180
 CHECK_NAMES = ("review_insights_results_complete", "review_insights_results_failure_rate")
@@ -74,7 +75,11 @@ query History($key: AssetKeyInput!) {
         metadataEntries { label ... on IntMetadataEntry { intValue } }
       }
       assetObservations(limit: 200) {
-        metadataEntries { label ... on TextMetadataEntry { text } }
+        metadataEntries {
+          label
+          ... on TextMetadataEntry { text }
+          ... on IntMetadataEntry { intValue }
+        }
       }
     }
   }
@@ -147,10 +152,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
         tmp_path_factory.mktemp("e2e-server"),
         validating_seconds=0.2,
         finalizing_seconds=0.2,
-        # 60 reviews at 30/s need ~2 s: the first attempt expires after 1.6 s with about
-        # 40 done, the resubmitted remainder (about 20) finishes well within its 1.6 s
+        # each batch expires once 40 of its requests are answered: the first attempt
+        # after 40 of the 60 reviews, the resubmitted 20 all finish
         requests_per_second=30,
-        expire_after=1.6,
+        expire_after_requests=EXPIRE_AFTER,
     )
     home = tmp_path_factory.mktemp("dagster-home")
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -216,6 +221,9 @@ def test_expired_batch_is_resubmitted_once_and_every_review_succeeds(demo: Dagst
     assert results is not None
     assert results["metadata"]["inference_batch/attempts"] == 2
     assert results["metadata"]["inference_batch/succeeded"] == REVIEWS
+    observed = [entries(o) for o in history["assetObservations"]]
+    expired = [o for o in observed if o["inference_batch/status"] == "expired"]
+    assert expired and all(o["inference_batch/completed"] == EXPIRE_AFTER for o in expired)
 
 
 def test_sensor_collects_results_and_the_summary_follows(demo: DagsterDev) -> None:
