@@ -154,6 +154,12 @@ class Worker:
     # phases
 
     def _validate(self, row: dict[str, Any]) -> None:
+        now = time.time()
+        self._begin_run(row, status="in_progress", in_progress_at=int(now), phase_ts=now)
+
+    def _begin_run(self, row: dict[str, Any], **fields: Any) -> dict[str, Any] | None:
+        """Check the input file and open a run over its requests, moving the batch on with
+        ``fields``; an invalid file fails the batch instead. Returns the updated row."""
         buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
         check = check_input(
             buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
@@ -161,23 +167,21 @@ class Worker:
         if check.errors:
             _close(buffer)
             self._fail(row, check.errors)
-            return
-        now = time.time()
-        fields = {
-            "status": "in_progress",
-            "in_progress_at": int(now),
-            "phase_ts": now,
+            return None
+        fields |= {
             "total": len(check.spans),
             "model": check.model,
             "partial_output_id": new_id("file-"),
             "partial_error_id": new_id("file-"),
         }
         with self.store.transaction() as db:
-            started = self.store.update_batch(db, row["id"], expect=("validating",), **fields)
-        if started:
-            self._runs[row["id"]] = self._open_run({**row, **fields}, buffer, check.spans)
-        else:
+            updated = self.store.update_batch(db, row["id"], expect=(row["status"],), **fields)
+        if not updated:
             _close(buffer)
+            return None
+        row = {**row, **fields}
+        self._runs[row["id"]] = self._open_run(row, buffer, check.spans)
+        return row
 
     def _process(self, row: dict[str, Any], now: float) -> bool:
         run = self._run(row)
@@ -252,28 +256,7 @@ class Worker:
     def _start_unprocessed(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """Cancel or expiry before processing started: check the input file so that all its
         requests can go to the error file (an invalid file fails validation instead)."""
-        buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
-        check = check_input(
-            buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
-        )
-        if check.errors:
-            _close(buffer)
-            self._fail(row, check.errors)
-            return None
-        fields = {
-            "total": len(check.spans),
-            "model": check.model,
-            "partial_output_id": new_id("file-"),
-            "partial_error_id": new_id("file-"),
-        }
-        with self.store.transaction() as db:
-            updated = self.store.update_batch(db, row["id"], expect=(row["status"],), **fields)
-        if not updated:
-            _close(buffer)
-            return None
-        row = {**row, **fields}
-        self._runs[row["id"]] = self._open_run(row, buffer, check.spans)
-        return row
+        return self._begin_run(row)
 
     def _fail(
         self,
