@@ -310,13 +310,16 @@ def test_bad_ids_are_not_found(client, shared_batch_server):
     assert status == 400 and body["error"]["param"] == "after"
 
 
-def test_concurrent_clients(shared_batch_server):
-    from concurrent.futures import ThreadPoolExecutor
+def _submit_and_wait(base_url: str, n: int) -> str:
+    client = openai.OpenAI(base_url=base_url, api_key=SHARED_API_KEY, max_retries=0)
+    batch = submit(client, [request_line(f"{n}-{i}") for i in range(50)])
+    return wait_final(client, batch.id).status
 
-    def one(n: int) -> str:
-        client = sdk_client(shared_batch_server)
-        batch = submit(client, [request_line(f"{n}-{i}") for i in range(50)])
-        return wait_final(client, batch.id).status
 
-    with ThreadPoolExecutor(6) as pool:
+def test_concurrent_client_processes(shared_batch_server):
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    one = partial(_submit_and_wait, shared_batch_server.base_url)
+    with ProcessPoolExecutor(4) as pool:  # separate processes, each its own connections
         assert list(pool.map(one, range(6))) == ["completed"] * 6
