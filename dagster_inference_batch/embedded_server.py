@@ -12,20 +12,14 @@ import fcntl
 import json
 import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .local_server.config import API_KEY_ENV, UPSTREAM_API_KEY_ENV
+from .local_server import LocalBatchServer
 
 STATE_DIR_ENV = "INFERENCE_LOCAL_SERVER_DIR"
-SERVE_SCRIPT = Path(__file__).with_name("local_server") / "_serve.py"
-SERVER_KEY_VARIABLES = (API_KEY_ENV, UPSTREAM_API_KEY_ENV)
-STARTUP_TIMEOUT_SECONDS = 30.0
 
 
 def default_state_dir() -> Path:
@@ -64,43 +58,9 @@ def _is_running(state: dict[str, object]) -> bool:
 
 
 def _spawn(state_dir: Path) -> dict[str, object]:
-    log_path = state_dir / "server.log"
-    command = [
-        sys.executable,
-        str(SERVE_SCRIPT),  # starts without importing Dagster: much faster
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--data-dir",
-        str(state_dir / "data"),
-    ]
-    # the shared server takes any key: keys meant for a hand-started server stay out
-    env = {k: v for k, v in os.environ.items() if k not in SERVER_KEY_VARIABLES}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # outlives the Dagster process that started it
-        )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("http://") and line.rstrip().endswith("/v1"):
-                return {"base_url": line.strip(), "pid": process.pid}
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise RuntimeError(
-        f"the local Batch API server did not start; see {log_path}:\n"
-        + log_path.read_text(errors="replace")[-2000:]
-    )
+    server = LocalBatchServer(state_dir / "data")  # stderr goes to data/server.log
+    base_url = server.start()
+    return {"base_url": base_url, "pid": server.detach()}
 
 
 def ensure_local_server(state_dir: Path | None = None) -> str:

@@ -108,6 +108,18 @@ class LocalBatchServer:
         self.stop()
         return self.start()
 
+    def detach(self) -> int:
+        """Let the running server outlive this handle and this process; returns its pid.
+
+        Example:
+            >>> pid = LocalBatchServer("/tmp/shared-server").detach()  # doctest: +SKIP
+        """
+        if self._process is None:
+            raise RuntimeError("server not started")
+        pid = self._process.pid
+        self._reap()
+        return pid
+
     def __enter__(self) -> LocalBatchServer:
         self.start()
         return self
