@@ -7,6 +7,7 @@ Registered for every test in `tests/conftest.py`:
   stopped at teardown.
 - `shared_batch_server`: one session-wide server with fast defaults, `api_key="test-key"`
   and plain-http loopback webhooks allowed.
+- `client`: an openai SDK client for `shared_batch_server` (no retries).
 - `webhook_receiver`: a loopback HTTP endpoint recording the JSON POSTed to it
   (`.url`, `.events`, `.wait_for(count)`).
 - `openapi_validate(instance, schema_name)`: validates against the OpenAI spec in
@@ -89,6 +90,11 @@ def assert_stayed_on_loopback(server: LocalBatchServer) -> None:
     log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
     outside = [h for h in _WEBHOOK_LOG.findall(log) if not _LOOPBACK.fullmatch(h)]
     assert not outside, f"server {server.data_dir} sent webhooks beyond loopback: {outside}"
+
+
+@pytest.fixture
+def client(shared_batch_server: LocalBatchServer) -> openai.OpenAI:
+    return sdk_client(shared_batch_server)
 
 
 def sdk_client(

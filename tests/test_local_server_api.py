@@ -22,11 +22,6 @@ from tests.server_fixtures import (
 )
 
 
-@pytest.fixture
-def client(shared_batch_server):
-    return sdk_client(shared_batch_server)
-
-
 def raw_json(response) -> dict:
     return response.http_response.json()
 

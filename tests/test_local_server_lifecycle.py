@@ -18,11 +18,6 @@ from tests.server_fixtures import (
 )
 
 
-@pytest.fixture
-def client(shared_batch_server):
-    return sdk_client(shared_batch_server)
-
-
 def wait_progress(client: openai.OpenAI, batch_id: str, done: int, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
