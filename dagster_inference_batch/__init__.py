@@ -15,6 +15,8 @@ from .errors import (
     BatchFailedError,
     BatchWaitTimeout,
     InvalidBatchInput,
+    PartialCreateError,
+    ProviderNotConfigured,
 )
 from .job import BatchJob, BatchShard
 from .requests import EncodedRequests, build_requests
@@ -40,6 +42,8 @@ __all__ = [
     "InferenceBatchDefinitions",
     "InferenceBatchResource",
     "InvalidBatchInput",
+    "PartialCreateError",
+    "ProviderNotConfigured",
     "build_inference_batch_assets",
     "build_requests",
 ]

@@ -12,19 +12,28 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import openai
 import orjson
 import pandas as pd
 
-from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
+from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS, absent_files
+from .create_options import check_create_options, is_loopback
+from .errors import (
+    BatchAPIError,
+    BatchFailedError,
+    BatchWaitTimeout,
+    InvalidBatchInput,
+    PartialCreateError,
+)
 from .job import BatchJob, BatchShard
+from .ledger import CREATED_IN_THIS_PROCESS
 from .requests import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
@@ -40,22 +49,26 @@ from .results import (
     mark_unanswered,
     parse_result_files,
 )
-from .retries import RetryPolicy
+from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, RetryPolicy
 
 DEFAULT_BASE_URL = "https://batch.inference.net/v1"
-MAX_CALLER_METADATA_KEYS = 13  # providers allow 16; three are ours
+API_KEY_ENV = "INFERENCE_API_KEY"
+BASE_URL_ENV = "INFERENCE_BASE_URL"
+DEFAULT_TIMEOUT_SECONDS = 120.0
+DEFAULT_LIST_SCAN_LIMIT = 500
+DEFAULT_CONCURRENCY = 8
+LOCAL_SERVER_BEARER = "local-server"  # the local server takes any non-empty bearer
 _FINAL_TIME_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 MAX_IDEMPOTENCY_KEY_CHARS = 256  # batch keys must fit a 512-character metadata value
-# Endpoints a provider turned out not to offer, by base URL: said once per process.
-_missing_endpoints: dict[str, set[str]] = {}
+# A listing answered 404 is asked once more before it counts as absent; these answers
+# say "not offered" outright.
+_NOT_OFFERED = (405, 501)
+SHORT_DOWNLOAD_RETRIES = 2  # extra downloads of result files holding fewer lines than counted
 _T = TypeVar("_T")
 
 RequestsLike = pd.DataFrame | Iterable[dict[str, Any]] | str | Path | EncodedRequests
-
-
-def _is_loopback(base_url: str) -> bool:
-    return (urlparse(base_url).hostname or "") in _LOOPBACK_HOSTS
+# Called with (batch idempotency key, batch id) as soon as a create returns.
+OnCreated = Callable[[str, str], None]
 
 
 def _batch_key(job_key: str, shard_index: int, attempt: int, sha256: str) -> str:
@@ -70,6 +83,9 @@ def _upload_name(batch_key: str) -> str:
 
 class InferenceBatchClient:
     """A Batch API client that never pays twice and never loses a finished result.
+
+    It takes plain values and reads no environment: ``from_env()`` does that. Without
+    ``api_key`` it talks only to a server on loopback (the package's local server).
 
     Example:
         >>> client = InferenceBatchClient(base_url="http://127.0.0.1:8787/v1")  # doctest: +SKIP
@@ -88,39 +104,67 @@ class InferenceBatchClient:
         *,
         max_requests_per_batch: int = DEFAULT_MAX_REQUESTS,
         max_bytes_per_batch: int = DEFAULT_MAX_BYTES,
-        max_retries: int = 6,
-        backoff_seconds: float = 0.5,
-        timeout: float = 120.0,
-        list_scan_limit: int = 500,
-        concurrency: int = 8,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        completion_window: str = "24h",
+        final_state_wait_seconds: float = DEFAULT_FINAL_STATE_WAIT_SECONDS,
         delete_files_after_results: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
-        if api_key is None and base_url in (
-            DEFAULT_BASE_URL,
-            os.environ.get("INFERENCE_BASE_URL"),
-        ):
-            api_key = os.environ.get("INFERENCE_API_KEY")
         if not api_key:
-            if not _is_loopback(base_url):
+            if not is_loopback(base_url):
                 raise ValueError(
-                    f"no API key for {base_url}: pass api_key= (INFERENCE_API_KEY is used "
-                    f"only for {DEFAULT_BASE_URL} or INFERENCE_BASE_URL)"
+                    f"no API key for {base_url}: pass api_key=, or build the client with "
+                    f"InferenceBatchClient.from_env() to read {API_KEY_ENV}"
                 )
-            api_key = "local-server"  # the local server takes any non-empty bearer
+            api_key = LOCAL_SERVER_BEARER
         self._api_key = api_key
         self.base_url = base_url
         self.max_requests_per_batch = max_requests_per_batch
         self.max_bytes_per_batch = max_bytes_per_batch
         self.list_scan_limit = list_scan_limit
         self.concurrency = max(1, concurrency)
+        self.completion_window = completion_window
+        self.final_state_wait_seconds = final_state_wait_seconds
         self.delete_files_after_results = delete_files_after_results
         self.retry = RetryPolicy(max_retries=max_retries, backoff_seconds=backoff_seconds)
         self.log = logger or logging.getLogger("dagster_inference_batch")
         self._openai = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
-        self._missing_endpoints = _missing_endpoints.setdefault(base_url, set())
+        # Listings this provider answered "not offered" (twice, or 405/501): this client
+        # only, so that one hiccup never switches idempotency off for anyone else.
+        self._absent_endpoints: set[str] = set()
+        self._ledger_scope = CREATED_IN_THIS_PROCESS.scope(base_url, api_key)
+        # When this client first saw a final batch whose files disagree with its counts.
+        self._unsettled_since: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.idempotency = "listing"
+        """How the last ``create`` looked for batches already made: ``listing`` (the
+        provider's batch listing), ``ledger`` (no listing; the caller's record of created
+        batches) or ``degraded`` (neither: a crash between create and its record could
+        cost a second batch)."""
+
+    @classmethod
+    def from_env(cls, **options: Any) -> InferenceBatchClient:
+        """A client configured from the environment: ``INFERENCE_API_KEY`` and, if set,
+        ``INFERENCE_BASE_URL`` (else Inference.net). ``options`` are the other keyword
+        arguments of the constructor.
+
+        Example:
+            >>> client = InferenceBatchClient.from_env(max_retries=3)  # doctest: +SKIP
+        """
+        api_key = os.environ.get(API_KEY_ENV) or None
+        base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        if api_key is None and not is_loopback(base_url):
+            raise ValueError(
+                f"{API_KEY_ENV} is not set: export the key for {base_url} "
+                f"(or set {BASE_URL_ENV} to a local Batch API server)"
+            )
+        return cls(api_key=api_key, base_url=base_url, **options)
 
     def __repr__(self) -> str:
         return f"InferenceBatchClient(base_url={self.base_url!r})"
@@ -146,16 +190,28 @@ class InferenceBatchClient:
             fn, what=what, before_retry=before_retry, logger=self.log, redact=self._redact
         )
 
-    def _lacks(self, endpoint: str, error: BatchAPIError) -> bool:
-        """True (and say so once) when the provider does not offer ``endpoint``."""
-        if error.status_code not in (404, 405, 501):
-            return False
-        if endpoint not in self._missing_endpoints:
-            self._missing_endpoints.add(endpoint)
-            self.log.warning(
-                "%s does not offer %s; carrying on without it", self.base_url, endpoint
-            )
-        return True
+    def _listing(self, endpoint: str, fetch: Callable[[], _T]) -> _T | None:
+        """One page of a listing, or None when the provider does not offer it.
+
+        A 404 is asked once more before the endpoint counts as absent (for this client
+        only); 405 and 501 say so outright. Any other failure is raised: a lookup that
+        could not be made must not pass for "nothing there".
+        """
+        if endpoint in self._absent_endpoints:
+            return None
+        for asked in (1, 2):
+            try:
+                return self._call(endpoint, fetch)
+            except BatchAPIError as error:
+                if error.status_code in _NOT_OFFERED:
+                    break
+                if error.status_code != 404:
+                    raise
+                if asked == 1:
+                    time.sleep(self.retry.backoff_seconds)
+        self._absent_endpoints.add(endpoint)
+        self.log.warning("%s does not offer %s; carrying on without it", self.base_url, endpoint)
+        return None
 
     def _map(self, fn: Callable[[Any], _T], items: list[Any]) -> list[_T]:
         if len(items) <= 1:
@@ -169,11 +225,23 @@ class InferenceBatchClient:
         """Validate and encode request lines (raises ``InvalidBatchInput``)."""
         if isinstance(requests, EncodedRequests):
             if endpoint is not None and endpoint != requests.endpoint:
-                raise ValueError(
-                    f"endpoint {endpoint!r} differs from the requests' {requests.endpoint!r}"
+                raise InvalidBatchInput(
+                    [f"endpoint {endpoint!r} differs from the requests' {requests.endpoint!r}"]
                 )
             return requests
         return encode_requests(requests, endpoint=endpoint)
+
+    def check_create_options(
+        self, metadata: dict[str, str] | None = None, *, webhook_url: str | None = None
+    ) -> None:
+        """Raise ``InvalidBatchInput`` for metadata, ``completion_window`` or
+        ``webhook_url`` that the provider would refuse at create, before any upload."""
+        check_create_options(
+            metadata or {},
+            completion_window=self.completion_window,
+            webhook_url=webhook_url,
+            base_url=self.base_url,
+        )
 
     def upload(
         self,
@@ -185,8 +253,9 @@ class InferenceBatchClient:
     ) -> BatchJob:
         """Validate, shard and upload the request lines; no batch is created yet.
 
-        Nothing is uploaded when validation fails. A shard already uploaded under the
-        same idempotency key (by an earlier, interrupted call) is reused.
+        Nothing is uploaded when the lines or the create options (metadata, completion
+        window) are invalid. A shard already uploaded under the same idempotency key (by
+        an earlier, interrupted call) is reused.
 
         Example:
             >>> job = client.upload(frame, metadata={"team": "search"})  # doctest: +SKIP
@@ -194,16 +263,14 @@ class InferenceBatchClient:
         """
         encoded = self.prepare(requests, endpoint=endpoint)
         metadata = dict(metadata or {})
-        if len(metadata) > MAX_CALLER_METADATA_KEYS:
-            raise ValueError(
-                f"metadata has {len(metadata)} keys; at most {MAX_CALLER_METADATA_KEYS} "
-                "are allowed (the provider's 16 less three used for idempotency)"
-            )
+        self.check_create_options(metadata)
         job_key = idempotency_key or f"sha256:{encoded.sha256()[:32]}"
         if len(job_key) > MAX_IDEMPOTENCY_KEY_CHARS:
-            raise ValueError(
-                f"idempotency_key has {len(job_key)} characters; at most "
-                f"{MAX_IDEMPOTENCY_KEY_CHARS} fit in the provider's metadata"
+            raise InvalidBatchInput(
+                [
+                    f"idempotency_key has {len(job_key)} characters; at most "
+                    f"{MAX_IDEMPOTENCY_KEY_CHARS} fit in the provider's metadata"
+                ]
             )
         job = BatchJob(
             endpoint=encoded.endpoint,
@@ -260,36 +327,121 @@ class InferenceBatchClient:
 
     def _uploaded_files(self) -> dict[tuple[str, int], str]:
         """Recent batch input files (one page), by (filename, bytes)."""
-        if "GET /files" in self._missing_endpoints:
+        page = self._listing(
+            "GET /files", lambda: self._openai.files.list(purpose="batch", limit=100)
+        )
+        if page is None:
             return {}
-        try:
-            page = self._call(
-                "list files", lambda: self._openai.files.list(purpose="batch", limit=100)
-            )
-        except BatchAPIError as error:
-            if self._lacks("GET /files", error):
-                return {}
-            raise
         return {(item.filename, item.bytes): item.id for item in reversed(page.data)}
 
-    def create(self, job: BatchJob, *, webhook_url: str | None = None) -> BatchJob:
+    def create(
+        self,
+        job: BatchJob,
+        *,
+        webhook_url: str | None = None,
+        known_batches: Mapping[str, str] | None = None,
+        on_created: OnCreated | None = None,
+    ) -> BatchJob:
         """Create a batch for every uploaded shard that has none, idempotently.
 
-        Before each create the client looks for a batch already carrying the shard's
-        idempotency key and reuses it, so re-running never pays twice.
+        A shard's batch is looked for first among ``known_batches`` (the caller's record
+        of batch ids by idempotency key, such as the Dagster event log's), then among the
+        batches this process created, then in the provider's listing; only a shard found
+        nowhere gets a new batch. ``on_created(key, batch_id)`` is called as soon as each
+        create returns, so the caller can record it before anything else can fail.
+        ``self.idempotency`` then says how the lookup was made.
+
+        Example:
+            >>> job = client.create(client.upload(frame), known_batches={})  # doctest: +SKIP
         """
+        self.check_create_options(webhook_url=webhook_url)
         job = _copy(job)
         pending = [s for s in job.shards if s.batch_id is None]
-        existing = self._find_batches({s.idempotency_key for s in pending}) if pending else {}
-        created = self._map(
-            lambda s: existing.get(s.idempotency_key) or self._create_batch(job, s, webhook_url),
+        found = self._recorded_batches(pending, known_batches or {})
+        unknown = {s.idempotency_key for s in pending if s.idempotency_key not in found}
+        if unknown:
+            found.update(self._find_batches(unknown))
+            self._note_idempotency(known_batches is not None)
+        outcomes = self._map(
+            lambda s: _outcome(
+                lambda: (
+                    found.get(s.idempotency_key)
+                    or self._create_batch(job, s, webhook_url, on_created)
+                )
+            ),
             pending,
         )
-        for shard, batch in zip(pending, created, strict=True):
-            _apply_batch(shard, batch)
+        for shard, outcome in zip(pending, outcomes, strict=True):
+            if not isinstance(outcome, BatchAPIError):
+                self._adopt_input_file(shard, outcome)
+                _apply_batch(shard, outcome)
+        errors = [o for o in outcomes if isinstance(o, BatchAPIError)]
+        if errors:
+            raise PartialCreateError(job, errors[0]) from errors[0]
         return job
 
-    def _create_batch(self, job: BatchJob, shard: BatchShard, webhook_url: str | None) -> Any:
+    def _recorded_batches(
+        self, shards: list[BatchShard], known: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Batches recorded for the shards' keys (by the caller or by this process) that
+        the provider still has under that key: fetched by id, no listing."""
+        wanted = {
+            s.idempotency_key: known.get(s.idempotency_key)
+            or CREATED_IN_THIS_PROCESS.get(self._ledger_scope, s.idempotency_key)
+            for s in shards
+        }
+        wanted = {key: batch_id for key, batch_id in wanted.items() if batch_id}
+
+        def fetch(item: tuple[str, str]) -> Any | None:
+            key, batch_id = item
+            try:
+                batch = self._retrieve(batch_id)
+            except BatchAPIError as error:
+                if error.status_code == 404:
+                    return None
+                raise
+            if (batch.metadata or {}).get("idempotency_key") != key:
+                return None
+            self.log.info("reusing batch %s for %s (recorded when it was created)", batch.id, key)
+            return batch
+
+        fetched = self._map(fetch, list(wanted.items()))
+        return {key: batch for key, batch in zip(wanted, fetched, strict=True) if batch}
+
+    def _adopt_input_file(self, shard: BatchShard, batch: Any) -> None:
+        """A reused batch runs the file uploaded first: the shard takes that file, and a
+        second upload of the same lines (made when no listing could find the first) is
+        deleted rather than left behind."""
+        input_file_id = getattr(batch, "input_file_id", None)
+        if not input_file_id or input_file_id == shard.file_id:
+            return
+        redundant, shard.file_id = shard.file_id, input_file_id
+        self.log.info(
+            "batch %s runs %s: deleting the second upload %s", batch.id, input_file_id, redundant
+        )
+        self._delete_file(redundant)
+
+    def _note_idempotency(self, has_ledger: bool) -> None:
+        if "GET /batches" not in self._absent_endpoints:
+            self.idempotency = "listing"
+        elif has_ledger:
+            self.idempotency = "ledger"
+        else:
+            self.idempotency = "degraded"
+            self.log.warning(
+                "%s offers no batch listing and no record of created batches was given: "
+                "idempotency is degraded, and a crash between a create and its record can "
+                "now cost a second paid batch",
+                self.base_url,
+            )
+
+    def _create_batch(
+        self,
+        job: BatchJob,
+        shard: BatchShard,
+        webhook_url: str | None,
+        on_created: OnCreated | None,
+    ) -> Any:
         def find() -> Any | None:  # a create that failed may still have gone through
             return self._find_batches({shard.idempotency_key}).get(shard.idempotency_key)
 
@@ -305,12 +457,15 @@ class InferenceBatchClient:
             return self._openai.batches.create(
                 input_file_id=shard.file_id,
                 endpoint=job.endpoint,  # type: ignore[arg-type]
-                completion_window="24h",
+                completion_window=self.completion_window,  # type: ignore[arg-type]
                 metadata=metadata,
                 extra_body=extra_body,
             )
 
         batch = self._call(f"create batch for shard {shard.index}", create, before_retry=find)
+        CREATED_IN_THIS_PROCESS.add(self._ledger_scope, shard.idempotency_key, batch.id)
+        if on_created is not None:
+            on_created(shard.idempotency_key, batch.id)
         self.log.info(
             "created batch %s (shard %d, attempt %d, %d requests)",
             batch.id,
@@ -341,22 +496,79 @@ class InferenceBatchClient:
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
     ) -> BatchJob:
-        """Validate, shard, upload and create: the one-call path. Idempotent."""
+        """Validate, shard, upload and create: the one-call path. Idempotent.
+
+        Everything the provider would refuse is checked before the upload. Should the
+        provider still refuse a create (a 4xx), nothing is left behind: batches this call
+        created are cancelled and the uploaded files deleted before the error is raised.
+        """
+        self.check_create_options(metadata, webhook_url=webhook_url)
         job = self.upload(
             requests, endpoint=endpoint, metadata=metadata, idempotency_key=idempotency_key
         )
-        return self.create(job, webhook_url=webhook_url)
+        try:
+            return self.create(job, webhook_url=webhook_url)
+        except PartialCreateError as error:
+            if _is_refusal(error):
+                self._withdraw(error.job)
+            raise
+
+    def _withdraw(self, job: BatchJob) -> None:
+        """Cancel the job's batches and delete its input files: a refused submission."""
+        self.log.warning(
+            "the provider refused a create: cancelling batches %s and deleting %d uploaded file(s)",
+            job.batch_ids,
+            len(job.shards),
+        )
+        for shard in job.shards:
+            if shard.batch_id:
+                CREATED_IN_THIS_PROCESS.discard(self._ledger_scope, shard.idempotency_key)
+        if job.batch_ids:
+            self.cancel(job)
+        self.delete_files(job, inputs_only=True)
 
     # ------------------------------------------------------------------ progress
 
     def refresh(self, job: BatchJob) -> BatchJob:
-        """Fetch every unfinished shard's batch (concurrently); returns an updated copy."""
+        """Fetch every unfinished shard's batch (concurrently); returns an updated copy.
+
+        A final status is taken only when the batch's files agree with its counts (see
+        ``consistency.absent_files``); until then, for at most
+        ``final_state_wait_seconds`` after the provider's final timestamp, the shard
+        stays ``finalizing`` and is read again on the next refresh.
+        """
         job = _copy(job)
         live = [s for s in job.shards if s.batch_id and not s.is_final]
         batches = self._map(lambda s: self._retrieve(s.batch_id), live)
         for shard, batch in zip(live, batches, strict=True):
             _apply_batch(shard, batch)
+            self._settle(shard)
         return job
+
+    def _settle(self, shard: BatchShard) -> None:
+        """Hold back a final status whose files disagree with its counts, for a while."""
+        absent = absent_files(shard)
+        batch_id = shard.batch_id or ""
+        if not absent:
+            self._unsettled_since.pop(batch_id, None)
+            return
+        with self._lock:
+            first_seen = self._unsettled_since.setdefault(batch_id, time.time())
+        waited = time.time() - min(first_seen, shard.finished_at or first_seen)
+        counts = shard.request_counts
+        said = (
+            f"batch {batch_id} is {shard.status} with {counts.get('completed', 0)} completed "
+            f"and {counts.get('failed', 0)} failed requests but no {' or '.join(absent)}"
+        )
+        if waited < self.final_state_wait_seconds:
+            self.log.info("%s yet; reading it again (waited %.0fs)", said, waited)
+            shard.status = "finalizing"
+            return
+        self.log.warning(
+            "%s after %.0fs; taking it as final: requests without a line count as missing",
+            said,
+            waited,
+        )
 
     def _retrieve(self, batch_id: str) -> Any:
         return self._call(f"retrieve {batch_id}", lambda: self._openai.batches.retrieve(batch_id))
@@ -410,22 +622,20 @@ class InferenceBatchClient:
     def list_batches(
         self, *, limit: int = 100, after: str | None = None, max_items: int | None = None
     ) -> Iterator[Any]:
-        """Batches at the provider, newest first, following ``limit``/``after`` pages."""
-        if "GET /batches" in self._missing_endpoints:
-            return
+        """Batches at the provider, newest first, following ``limit``/``after`` pages.
+
+        Yields nothing when the provider does not offer a batch listing.
+        """
         seen = 0
         while True:
-            try:
-                page = self._call(
-                    "list batches",
-                    lambda a=after: self._openai.batches.list(
-                        limit=min(limit, 100), **({"after": a} if a else {})
-                    ),
-                )
-            except BatchAPIError as error:
-                if self._lacks("GET /batches", error):
-                    return
-                raise
+            page = self._listing(
+                "GET /batches",
+                lambda a=after: self._openai.batches.list(
+                    limit=min(limit, 100), **({"after": a} if a else {})
+                ),
+            )
+            if page is None:
+                return
             for batch in page.data:
                 yield batch
                 seen += 1
@@ -448,21 +658,50 @@ class InferenceBatchClient:
         return self._call(f"download {file_id}", fetch)
 
     def _download_result_files(self, shards: list[BatchShard], folder: Path) -> list[ResultFile]:
-        wanted = [
-            (shard, kind, file_id)
-            for shard in shards
-            for kind, file_id in (("output", shard.output_file_id), ("error", shard.error_file_id))
-            if file_id
-        ]
+        """Each shard's output and error files. Files holding fewer lines than the
+        shard's counts promise are downloaded again (``SHORT_DOWNLOAD_RETRIES`` times)."""
 
-        def fetch(numbered: tuple[int, tuple[BatchShard, str, str]]) -> ResultFile:
-            number, (shard, kind, file_id) = numbered
-            path = self._download(file_id, folder / f"result-{number}.jsonl")
-            return ResultFile(
-                path=path, kind=kind, batch_id=shard.batch_id or "", attempt=shard.attempt
+        def fetch(numbered: tuple[int, BatchShard]) -> list[ResultFile]:
+            number, shard = numbered
+            promised = sum(
+                int(shard.request_counts.get(k, 0) or 0) for k in ("completed", "failed")
             )
+            for tries in range(SHORT_DOWNLOAD_RETRIES + 1):
+                files = [
+                    ResultFile(
+                        path=self._download(file_id, folder / f"result-{number}-{kind}.jsonl"),
+                        kind=kind,
+                        batch_id=shard.batch_id or "",
+                        attempt=shard.attempt,
+                    )
+                    for kind, file_id in (
+                        ("output", shard.output_file_id),
+                        ("error", shard.error_file_id),
+                    )
+                    if file_id
+                ]
+                lines = sum(_count_lines(f.path) for f in files)
+                if lines >= promised:
+                    return files
+                if tries < SHORT_DOWNLOAD_RETRIES:
+                    self.log.info(
+                        "batch %s: its files hold %d lines, its counts say %d; downloading "
+                        "them again",
+                        shard.batch_id,
+                        lines,
+                        promised,
+                    )
+                    time.sleep(self.retry.delay(tries, BatchAPIError("short download")))
+            self.log.warning(
+                "batch %s: its files still hold %d lines where its counts say %d; the "
+                "requests without a line count as missing",
+                shard.batch_id,
+                lines,
+                promised,
+            )
+            return files
 
-        return self._map(fetch, list(enumerate(wanted)))
+        return [f for files in self._map(fetch, list(enumerate(shards))) for f in files]
 
     def _download_inputs(self, shards: list[BatchShard], folder: Path) -> list[Path]:
         """The shards' input files, downloaded (named by position, never by provider id)."""
@@ -523,29 +762,32 @@ class InferenceBatchClient:
             self.delete_files(job)
         return frame
 
-    def delete_files(self, job: BatchJob) -> None:
-        """Delete the job's input, output and error files from the provider."""
+    def delete_files(self, job: BatchJob, *, inputs_only: bool = False) -> None:
+        """Delete the job's input, output and error files (only the input files with
+        ``inputs_only``) from the provider; a file that cannot be deleted is logged."""
         file_ids = [
             file_id
             for s in job.shards
-            for file_id in (s.file_id, s.output_file_id, s.error_file_id)
+            for file_id in (
+                (s.file_id,) if inputs_only else (s.file_id, s.output_file_id, s.error_file_id)
+            )
             if file_id
         ]
 
-        def delete(file_id: str) -> None:
-            try:
-                self._call(f"delete {file_id}", lambda: self._openai.files.delete(file_id))
-            except BatchAPIError as error:
-                self.log.warning("could not delete %s: %s", file_id, error)
+        self._map(self._delete_file, file_ids)
 
-        self._map(delete, file_ids)
+    def _delete_file(self, file_id: str) -> None:
+        try:
+            self._call(f"delete {file_id}", lambda: self._openai.files.delete(file_id))
+        except BatchAPIError as error:
+            self.log.warning("could not delete %s: %s", file_id, error)
 
     # ---------------------------------------------------------------- resubmit
 
     def resubmit(
         self, job: BatchJob, *, include_failed: bool = False, webhook_url: str | None = None
     ) -> BatchJob:
-        """Start a new attempt holding only what expired or was cancelled.
+        """Start a new attempt holding only what expired, was cancelled or is missing.
 
         Example:
             >>> job = client.wait(job)  # doctest: +SKIP
@@ -559,7 +801,8 @@ class InferenceBatchClient:
         if not job.is_final:
             raise BatchAPIError(f"job {job.idempotency_key} is still {job.status}")
         statuses = {"expired", "cancelled", *(["completed"] if include_failed else [])}
-        shards = [s for s in job.current_shards if s.status in statuses]
+        # a shard taken as final without the files its counts promise has missing rows
+        shards = [s for s in job.current_shards if s.status in statuses or absent_files(s)]
         if not shards:
             return job
         with tempfile.TemporaryDirectory(prefix="dib-resubmit-") as tmp:
@@ -592,6 +835,31 @@ def _input_records(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
             for line in handle:
                 if line.strip():
                     yield orjson.loads(line)["custom_id"], line
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in a JSONL file (a last line without its newline counts too)."""
+    count, last = 0, b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def _outcome(fn: Callable[[], _T]) -> _T | BatchAPIError:
+    """``fn()``, or the API error it raised: one shard's failure must not hide the
+    batches created for the others."""
+    try:
+        return fn()
+    except BatchAPIError as error:
+        return error
+
+
+def _is_refusal(error: BatchAPIError) -> bool:
+    """A 4xx that says the call was refused, not that it should be tried again."""
+    code = error.status_code
+    return code is not None and 400 <= code < 500 and code not in (408, 409, 429)
 
 
 def _copy(job: BatchJob) -> BatchJob:

@@ -7,6 +7,7 @@ setting) and never contains an API key.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -31,6 +32,11 @@ class InvalidBatchInput(ValueError):
         suffix = f"\n  ... and {more} more" if more > 0 else ""
         noun = "problem" if self.total == 1 else "problems"
         super().__init__(f"invalid batch input ({self.total} {noun}):\n{shown}{suffix}")
+
+
+class ProviderNotConfigured(ValueError):
+    """No provider to send batches to: no API key and no base URL, and the local server
+    (synthetic answers) was not asked for. The message says how to set one."""
 
 
 class BatchError(RuntimeError):
@@ -67,3 +73,15 @@ class BatchAPIError(BatchError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         self.status_code = status_code
         super().__init__(message)
+
+
+class PartialCreateError(BatchAPIError):
+    """A create failed for some shards; ``job`` records the batches that were made.
+
+    Raised by ``InferenceBatchClient.create`` so that no created batch goes unrecorded;
+    the message and ``status_code`` are the first failure's.
+    """
+
+    def __init__(self, job: Any, cause: BatchAPIError) -> None:
+        self.job = job
+        super().__init__(str(cause), status_code=cause.status_code)

@@ -18,6 +18,8 @@ import openai
 from .errors import BatchAPIError
 
 T = TypeVar("T")
+DEFAULT_MAX_RETRIES = 6
+DEFAULT_BACKOFF_SECONDS = 0.5
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -81,8 +83,8 @@ class RetryPolicy:
         42
     """
 
-    max_retries: int = 6
-    backoff_seconds: float = 0.5
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     max_backoff_seconds: float = 30.0
     max_retry_after_seconds: float = 300.0  # a server's own hint is honoured up to this
 
