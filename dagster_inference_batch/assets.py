@@ -21,6 +21,7 @@ from .cancel import build_cancel_job
 from .checks import results_check_specs
 from .collect import build_results_asset
 from .content import ContentParser
+from .event_ledger import ledger_recorder, recorded_batches
 from .metadata import KINDS, batch_metadata, input_file_metadata
 from .requests import CHAT_ENDPOINT, build_requests
 from .resource import InferenceBatchResource
@@ -128,7 +129,9 @@ def build_inference_batch_assets(
         >>> [a.key.to_user_string() for a in pipeline.assets]
         ['review_insights_input_file', 'review_insights_batch', 'review_insights_results']
         >>> defs = dg.Definitions.merge(
-        ...     pipeline.defs, dg.Definitions(resources={"inference_batch": InferenceBatchResource()}))
+        ...     pipeline.defs,
+        ...     dg.Definitions(resources={"inference_batch": InferenceBatchResource(
+        ...         api_key=dg.EnvVar("INFERENCE_API_KEY"))}))
     """
     if sum(x is not None for x in (prompt_column, messages, body_column)) != 1:
         raise ValueError("pass exactly one of prompt_column, messages or body_column")
@@ -172,7 +175,8 @@ def build_inference_batch_assets(
     ) -> dg.MaterializeResult:
         encoded = build_requests(upstream, **request_options)
         partition = partition_of(context)
-        with resource_of(context).get_client() as client:
+        resource = resource_of(context)
+        with resource.get_client() as client:
             job = client.upload(
                 encoded,
                 metadata={
@@ -183,7 +187,9 @@ def build_inference_batch_assets(
                 f"{encoded.sha256()[:16]}",
             )
         context.log.info(f"uploaded {len(encoded)} requests in {len(job.shards)} file(s)")
-        return dg.MaterializeResult(metadata=input_file_metadata(encoded, job))
+        return dg.MaterializeResult(
+            metadata={**input_file_metadata(encoded, job), **resource.provider_metadata()}
+        )
 
     @dg.asset(
         name=batch_key.path[-1],
@@ -200,10 +206,22 @@ def build_inference_batch_assets(
                 f"no upload recorded for {input_file_key.to_user_string()}"
                 f"{f' partition {partition}' if partition else ''}: materialize it first"
             )
-        with resource_of(context).get_client() as client:
-            job = client.create(uploaded.job)
+        resource = resource_of(context)
+        instance = context.instance
+        with resource.get_client() as client:
+            job = client.create(
+                uploaded.job,
+                known_batches=recorded_batches(instance, batch_key, partition, uploaded.job),
+                on_created=ledger_recorder(instance, batch_key, partition),
+            )
         context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
-        return dg.MaterializeResult(metadata=batch_metadata(job))
+        return dg.MaterializeResult(
+            metadata={
+                **batch_metadata(job),
+                **resource.provider_metadata(),
+                "inference_batch/idempotency": client.idempotency,
+            }
+        )
 
     collect_job = dg.define_asset_job(
         f"{name}_collect",

@@ -57,7 +57,12 @@ def build_cancel_job(
                 asset_key=batch_key,
                 partition=partition,
                 description="cancel requested; finished results are kept",
-                metadata={**batch_metadata(job), CANCEL_KEY: True, CANCELLED_KEY: cancelled},
+                metadata={
+                    **batch_metadata(job),
+                    **resource.provider_metadata(),
+                    CANCEL_KEY: True,
+                    CANCELLED_KEY: cancelled,
+                },
             )
         )
 

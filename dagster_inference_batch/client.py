@@ -362,6 +362,8 @@ class InferenceBatchClient:
         if unknown:
             found.update(self._find_batches(unknown))
             self._note_idempotency(known_batches is not None)
+        elif pending:
+            self.idempotency = "ledger"  # every batch was found by its recorded id
         outcomes = self._map(
             lambda s: _outcome(
                 lambda: (

@@ -98,7 +98,7 @@ def build_results_asset(
         yield dg.Output(
             frame,
             output_name=results_key.path[-1],
-            metadata=results_metadata(frame, job, cost),
+            metadata={**results_metadata(frame, job, cost), **resource.provider_metadata()},
         )
         for check in evaluate_results_checks(name, frame, upstream[id_column], max_failure_rate):
             if dg.AssetCheckKey(results_key, check.check_name) in context.selected_asset_check_keys:

@@ -1,4 +1,8 @@
-"""InferenceBatchResource: the Batch API as a Dagster resource."""
+"""InferenceBatchResource: the Batch API as a Dagster resource.
+
+This is the one place the Dagster side reads settings: the fields, then
+``INFERENCE_API_KEY`` / ``INFERENCE_BASE_URL``. The client below it takes plain values.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +11,77 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from .client import DEFAULT_BASE_URL, InferenceBatchClient
+from .client import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LIST_SCAN_LIMIT,
+    DEFAULT_TIMEOUT_SECONDS,
+    InferenceBatchClient,
+)
+from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
 from .embedded_server import ensure_local_server
+from .errors import ProviderNotConfigured
 from .requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
+from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES
 
-BASE_URL_ENV = "INFERENCE_BASE_URL"
-API_KEY_ENV = "INFERENCE_API_KEY"
+LOCAL_PROVIDER = "local (synthetic answers)"
+PROVIDER_KEY = "inference_batch/provider"
 _announced_local_server: set[str] = set()  # log the "synthetic answers" notice once per URL
 
 
 class InferenceBatchResource(dg.ConfigurableResource):
     """Connection and limits for an OpenAI-compatible Batch API.
 
-    With no key (``api_key`` or ``INFERENCE_API_KEY``) and no ``base_url`` (nor
-    ``INFERENCE_BASE_URL``), it starts or
-    reuses the package's local Batch API server, whose answers are synthetic.
+    The key comes from ``api_key`` (pass ``dg.EnvVar("INFERENCE_API_KEY")``) or the
+    ``INFERENCE_API_KEY`` environment variable; the URL from ``base_url``,
+    ``INFERENCE_BASE_URL``, or else Inference.net. With neither a key nor a URL,
+    ``get_client()`` raises ``ProviderNotConfigured``: nothing falls back to synthetic
+    answers unless ``use_local_server=True`` asks for the package's local server, and
+    then every materialization says so (``inference_batch/provider``).
 
     Example:
         >>> resource = InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))
-        ... # doctest: +SKIP
-        >>> defs = dg.Definitions(resources={"inference_batch": resource})  # doctest: +SKIP
+        >>> demo = InferenceBatchResource(use_local_server=True)  # development only
+        >>> demo.provider
+        'local (synthetic answers)'
     """
 
     api_key: str | None = Field(
         default=None,
-        description="Bearer key; pass EnvVar('INFERENCE_API_KEY'). None uses the local server.",
+        description=f"Bearer key; pass EnvVar('{API_KEY_ENV}'). Unset: {API_KEY_ENV}.",
     )
     base_url: str | None = Field(
         default=None,
-        description=f"Batch API base URL; INFERENCE_BASE_URL overrides the default "
-        f"{DEFAULT_BASE_URL}.",
+        description=f"Batch API base URL; unset: {BASE_URL_ENV}, else {DEFAULT_BASE_URL}.",
+    )
+    use_local_server: bool = Field(
+        default=False,
+        description="Development only: run on the package's local Batch API server "
+        "(started once per machine). Its answers are synthetic, not a model's.",
     )
     max_requests_per_batch: int = Field(
         default=DEFAULT_MAX_REQUESTS, description="Requests per batch."
     )
     max_bytes_per_batch: int = Field(default=DEFAULT_MAX_BYTES, description="Bytes per batch file.")
-    max_retries: int = Field(default=6, description="Retries on 429, 5xx and resets.")
-    backoff_seconds: float = Field(default=0.5, description="First retry pause; doubles.")
-    list_scan_limit: int = Field(
-        default=500, description="Recent batches scanned for an idempotency key."
+    max_retries: int = Field(
+        default=DEFAULT_MAX_RETRIES, description="Retries on 429, 5xx and resets."
     )
-    concurrency: int = Field(default=8, description="Parallel API calls per job.")
-    timeout: float = Field(default=120.0, description="Seconds per API call.")
+    backoff_seconds: float = Field(
+        default=DEFAULT_BACKOFF_SECONDS, description="First retry pause; doubles."
+    )
+    list_scan_limit: int = Field(
+        default=DEFAULT_LIST_SCAN_LIMIT,
+        description="Recent batches scanned for an idempotency key.",
+    )
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, description="Parallel API calls per job.")
+    timeout: float = Field(default=DEFAULT_TIMEOUT_SECONDS, description="Seconds per API call.")
+    final_state_wait_seconds: float = Field(
+        default=DEFAULT_FINAL_STATE_WAIT_SECONDS,
+        description="How long a final batch whose files disagree with its counts "
+        "(e.g. completed, no output_file_id) is read again before rows count as missing.",
+    )
     delete_files_after_results: bool = Field(
         default=False, description="Delete input/output files once results are joined."
     )
@@ -59,27 +92,61 @@ class InferenceBatchResource(dg.ConfigurableResource):
         default=None, description="USD per million output tokens, for cost metadata."
     )
 
-    def resolved_base_url(self) -> str:
-        """The URL calls go to: configured, from the environment, or the local server."""
-        configured = self.base_url or os.environ.get(BASE_URL_ENV)
-        if configured:
-            return configured
-        if self.api_key or os.environ.get(API_KEY_ENV):
-            return DEFAULT_BASE_URL
-        base_url = ensure_local_server()
-        if base_url not in _announced_local_server:
-            _announced_local_server.add(base_url)
-            dg.get_dagster_logger().warning(
-                "No INFERENCE_API_KEY or INFERENCE_BASE_URL set: using the local Batch API "
-                f"server at {base_url}. Its answers are synthetic, not from a model."
+    def _api_key(self) -> str | None:
+        return self.api_key or os.environ.get(API_KEY_ENV) or None
+
+    def _configured_url(self) -> str | None:
+        return self.base_url or os.environ.get(BASE_URL_ENV) or None
+
+    @property
+    def provider(self) -> str:
+        """What answers the requests, as shown in metadata: the base URL, or
+        ``local (synthetic answers)``. Starts nothing and never shows the key."""
+        if self.use_local_server:
+            return LOCAL_PROVIDER
+        return self._configured_url() or DEFAULT_BASE_URL
+
+    def provider_metadata(self) -> dict[str, str]:
+        """``{"inference_batch/provider": ...}`` for every materialization."""
+        return {PROVIDER_KEY: self.provider}
+
+    def _connection(self) -> tuple[str | None, str]:
+        """(api key, base URL), starting the shared local server if asked to."""
+        if self.use_local_server:
+            if self.base_url:
+                raise ProviderNotConfigured(
+                    "InferenceBatchResource: pass base_url or use_local_server=True, not both"
+                )
+            base_url = ensure_local_server()
+            if base_url not in _announced_local_server:
+                _announced_local_server.add(base_url)
+                dg.get_dagster_logger().warning(
+                    f"use_local_server=True: batches go to the local Batch API server at "
+                    f"{base_url}. Its answers are synthetic, not from a model."
+                )
+            return None, base_url
+        api_key, base_url = self._api_key(), self._configured_url()
+        if api_key is None and base_url is None:
+            raise ProviderNotConfigured(
+                f"{API_KEY_ENV} is not set: InferenceBatchResource has no api_key and no "
+                f"base_url, so there is no provider to send batches to. Set {API_KEY_ENV} "
+                f"(and pass api_key=dg.EnvVar('{API_KEY_ENV}')), or point base_url or "
+                f"{BASE_URL_ENV} at your provider. For development only, "
+                "InferenceBatchResource(use_local_server=True) runs on the package's local "
+                "Batch API server, whose answers are synthetic."
             )
-        return base_url
+        return api_key, base_url or DEFAULT_BASE_URL
 
     def get_client(self) -> InferenceBatchClient:
-        """A client for this configuration."""
+        """A client for this configuration.
+
+        Raises:
+            ProviderNotConfigured: no key, no base URL and ``use_local_server`` off.
+        """
+        api_key, base_url = self._connection()
         return InferenceBatchClient(
-            api_key=self.api_key,
-            base_url=self.resolved_base_url(),
+            api_key=api_key,
+            base_url=base_url,
             max_requests_per_batch=self.max_requests_per_batch,
             max_bytes_per_batch=self.max_bytes_per_batch,
             max_retries=self.max_retries,
@@ -87,6 +154,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
             timeout=self.timeout,
             list_scan_limit=self.list_scan_limit,
             concurrency=self.concurrency,
+            final_state_wait_seconds=self.final_state_wait_seconds,
             delete_files_after_results=self.delete_files_after_results,
             logger=dg.get_dagster_logger(),
         )

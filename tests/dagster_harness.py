@@ -39,7 +39,8 @@ def prompts_asset(rows: int, partitions_def: dg.PartitionsDefinition | None) -> 
 
 
 class Harness:
-    """One pipeline named `llm` over `prompts`, bound to a local server and an instance."""
+    """One pipeline named `llm` over `prompts`, bound to a local server and an instance
+    (or to `resource`, when given, instead of `base_url`)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Harness:
         rows: int = 10,
         partitions_def: dg.PartitionsDefinition | None = None,
         resource_options: dict[str, Any] | None = None,
+        resource: InferenceBatchResource | None = None,
         **factory_options: Any,
     ) -> None:
         self.instance = instance
@@ -61,7 +63,8 @@ class Harness:
             NAME, upstream=self.upstream, partitions_def=partitions_def, **factory_options
         )
         self.resources = {
-            "inference_batch": InferenceBatchResource(
+            "inference_batch": resource
+            or InferenceBatchResource(
                 base_url=base_url, api_key=api_key, **(resource_options or {})
             )
         }
@@ -90,6 +93,14 @@ class Harness:
     def submit(self, partition: str | None = None) -> dg.ExecuteInProcessResult:
         return self.materialize(
             self.pipeline.input_file_key, self.pipeline.batch_key, partition=partition
+        )
+
+    def submit_without_raising(self, partition: str | None = None) -> dg.ExecuteInProcessResult:
+        return self.materialize(
+            self.pipeline.input_file_key,
+            self.pipeline.batch_key,
+            partition=partition,
+            raise_on_error=False,
         )
 
     def run_job(

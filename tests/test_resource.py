@@ -11,7 +11,11 @@ import sys
 
 import pytest
 
-from dagster_inference_batch import InferenceBatchResource
+from dagster_inference_batch import (
+    InferenceBatchClient,
+    InferenceBatchResource,
+    ProviderNotConfigured,
+)
 from dagster_inference_batch.client import DEFAULT_BASE_URL
 from dagster_inference_batch.embedded_server import STATE_DIR_ENV
 
@@ -46,10 +50,40 @@ def test_a_key_alone_means_inference_net(no_provider_env):
     assert InferenceBatchResource(api_key="k").get_client().base_url == DEFAULT_BASE_URL
 
 
-def test_no_key_starts_one_shared_local_server(local_state_dir, caplog):
+def test_no_key_no_url_and_no_opt_in_refuses_to_run(local_state_dir):
+    resource = InferenceBatchResource()
+    with pytest.raises(ProviderNotConfigured) as raised:
+        resource.get_client()
+    message = str(raised.value)
+    assert "INFERENCE_API_KEY is not set" in message
+    assert "use_local_server=True" in message
+    assert not (local_state_dir / "server.json").exists()  # no server was started
+
+
+def test_local_server_is_named_as_the_provider(no_provider_env):
+    assert InferenceBatchResource(use_local_server=True).provider == "local (synthetic answers)"
+    assert InferenceBatchResource(api_key="k").provider == DEFAULT_BASE_URL
+    with pytest.raises(ProviderNotConfigured, match="not both"):
+        InferenceBatchResource(use_local_server=True, base_url="http://127.0.0.1:9/v1").get_client()
+
+
+def test_the_client_reads_no_environment_unless_asked(no_provider_env, monkeypatch):
+    monkeypatch.setenv("INFERENCE_API_KEY", "from-env")
+    with pytest.raises(ValueError, match="from_env"):
+        InferenceBatchClient()  # the default provider, and no key passed
+    assert InferenceBatchClient.from_env().base_url == DEFAULT_BASE_URL
+    monkeypatch.setenv("INFERENCE_BASE_URL", "http://127.0.0.1:9/v1")
+    assert InferenceBatchClient.from_env().base_url == "http://127.0.0.1:9/v1"
+    monkeypatch.delenv("INFERENCE_API_KEY")
+    monkeypatch.delenv("INFERENCE_BASE_URL")
+    with pytest.raises(ValueError, match="INFERENCE_API_KEY is not set"):
+        InferenceBatchClient.from_env()
+
+
+def test_opting_in_starts_one_shared_local_server(local_state_dir, caplog):
     caplog.set_level(logging.WARNING)
-    first = InferenceBatchResource().get_client()
-    again = InferenceBatchResource().get_client()
+    first = InferenceBatchResource(use_local_server=True).get_client()
+    again = InferenceBatchResource(use_local_server=True).get_client()
     assert first.base_url == again.base_url
     assert first.base_url.startswith("http://127.0.0.1:")
     warnings = [r.getMessage() for r in caplog.records if "synthetic" in r.getMessage()]
@@ -58,7 +92,7 @@ def test_no_key_starts_one_shared_local_server(local_state_dir, caplog):
     # another process on the machine finds the same server rather than starting its own
     code = (
         "from dagster_inference_batch import InferenceBatchResource;"
-        "print(InferenceBatchResource().get_client().base_url)"
+        "print(InferenceBatchResource(use_local_server=True).get_client().base_url)"
     )
     other = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
@@ -80,5 +114,5 @@ def test_cost_needs_both_prices():
 
 def test_shared_server_ignores_keys_meant_for_a_hand_started_server(local_state_dir, monkeypatch):
     monkeypatch.setenv("INFERENCE_LOCAL_SERVER_API_KEY", "only-for-my-own-server")
-    client = InferenceBatchResource().get_client()
+    client = InferenceBatchResource(use_local_server=True).get_client()
     assert list(client.list_batches(limit=1)) == []  # no 401: the shared server takes any key

@@ -1,0 +1,107 @@
+"""The trust promises on the Dagster side: the local server only on request and named in
+every materialization, and no second paid batch when the provider has no batch listing
+and a step dies between the create and its materialization."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+
+from dagster_inference_batch import InferenceBatchResource
+from dagster_inference_batch import assets as assets_module
+from dagster_inference_batch import client as client_module
+from dagster_inference_batch.embedded_server import STATE_DIR_ENV
+from tests.dagster_harness import Harness
+from tests.loopback_proxy import LoopbackProxy
+
+PROVIDER_KEY = "inference_batch/provider"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def own_shared_server_dir(tmp_path, monkeypatch):
+    """The machine-wide local server, but started in this test's own state dir."""
+    for name in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    state_dir = tmp_path / "local-server"
+    monkeypatch.setenv(STATE_DIR_ENV, str(state_dir))
+    yield state_dir
+    state_file = state_dir / "server.json"
+    if state_file.exists():
+        os.kill(json.loads(state_file.read_text())["pid"], signal.SIGTERM)
+
+
+def test_every_materialization_on_the_local_server_says_its_answers_are_synthetic(
+    instance, own_shared_server_dir
+):
+    harness = Harness(instance, "", rows=3, resource=InferenceBatchResource(use_local_server=True))
+    harness.submit()
+    harness.tick_until(harness.results_done)
+    pipeline = harness.pipeline
+    for key in (pipeline.input_file_key, pipeline.batch_key, pipeline.results_key):
+        latest = harness.materializations(key)[-1]
+        assert latest.metadata[PROVIDER_KEY].value == "local (synthetic answers)", key
+
+
+def test_without_a_key_or_an_opt_in_the_first_step_fails_and_says_why(instance, monkeypatch):
+    for name in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    harness = Harness(instance, "", rows=2, resource=InferenceBatchResource())
+    result = harness.submit_without_raising()
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert "INFERENCE_API_KEY is not set" in message
+    assert "use_local_server=True" in message
+    assert instance.fetch_materializations(harness.pipeline.input_file_key, limit=1).records == []
+
+
+@pytest.fixture
+def no_listing_provider(batch_server) -> Iterator[LoopbackProxy]:
+    """A provider that offers no batch or file listing at all."""
+    server = batch_server(api_key="test-key")
+    proxy = LoopbackProxy(server.base_url, refuse=[("GET", "/v1/batches"), ("GET", "/v1/files")])
+    yield proxy
+    proxy.close()
+
+
+def test_a_batch_step_that_dies_after_create_is_rerun_without_a_second_batch(
+    instance, no_listing_provider, monkeypatch
+):
+    harness = Harness(
+        instance,
+        no_listing_provider.base_url,
+        rows=6,
+        resource_options={"max_requests_per_batch": 3, "backoff_seconds": 0.01},
+    )
+    recorded_metadata = assets_module.batch_metadata
+
+    def dies_before_recording(job):
+        raise RuntimeError("the step died after the create, before its materialization")
+
+    monkeypatch.setattr(assets_module, "batch_metadata", dies_before_recording)
+    assert not harness.submit_without_raising().success
+    assert no_listing_provider.batch_creates == 2  # both shards' batches exist, unrecorded
+    monkeypatch.setattr(assets_module, "batch_metadata", recorded_metadata)
+    # the re-run is a new process: only the event log remembers the batches
+    if hasattr(client_module, "CREATED_IN_THIS_PROCESS"):
+        fresh = type(client_module.CREATED_IN_THIS_PROCESS)()
+        monkeypatch.setattr(client_module, "CREATED_IN_THIS_PROCESS", fresh)
+
+    harness.submit()  # the re-run, as a user would click it
+    assert no_listing_provider.batch_creates == 2  # reused from the event log's ledger
+    batch = harness.materializations(harness.pipeline.batch_key)[-1]
+    assert batch.metadata["inference_batch/idempotency"].value == "ledger"
+    harness.tick_until(harness.results_done)
+    assert set(harness.results_frame()["status"]) == {"succeeded"}
+    assert len(harness.results_frame()) == 6
