@@ -3,19 +3,124 @@
 A job is split into shards (one provider batch each). A resubmission adds a new
 attempt: new shards holding only the requests that expired or were cancelled. The
 record is plain data with a JSON round-trip so it can live in the event log.
+
+Stored records outlive the code that wrote them (the event log keeps every job), so
+``to_dict`` stamps ``format_version`` and ``from_dict`` reads leniently: unknown fields
+are ignored, a missing optional field takes its default, and only a record of a newer
+format, or one too broken to use, raises ``StoredStateError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+FORMAT_VERSION = 1
+"""The layout of the stored records this code writes and reads up to: a ``BatchJob``'s
+dict (``inference_batch/job`` metadata) and the sensor's cursor. A record without
+``format_version`` was written before the marker existed and is read as version 1 (the
+same fields). Bump it only for a change the lenient reading cannot absorb (a field that
+changes meaning or type), and keep reading the older versions."""
+
 FINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 # Aggregate statuses, most urgent first, used when shards disagree.
 _AGGREGATE_ORDER = ("failed", "expired", "cancelled", "completed")
+
+
+class StoredStateError(ValueError):
+    """A stored record (a recorded ``BatchJob``, a sensor cursor) this version cannot use:
+    written by a newer dagster-inference-batch, or broken (not a JSON object, a required
+    field missing, a field of the wrong type). The message says which."""
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, for messages."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list) else type(value).__name__
+
+
+def stored_format_version(data: Any, what: str) -> int:
+    """The ``format_version`` of the stored record ``data`` (1 when absent), checked to be
+    one this code reads; ``what`` names the record in the error.
+
+    Example:
+        >>> stored_format_version({"endpoint": "/v1/embeddings"}, "a job")
+        1
+    """
+    if not isinstance(data, dict):
+        raise StoredStateError(f"{what} is not a JSON object but {_kind(data)}")
+    version = data.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise StoredStateError(f"{what} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise StoredStateError(
+            f"{what} has format_version {version}: it was written by a newer "
+            f"dagster-inference-batch (this one reads up to format_version {FORMAT_VERSION}); "
+            "upgrade dagster-inference-batch everywhere it runs"
+        )
+    return version
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The Python types a JSON value may have for a field annotated ``hint``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _json_types(arg))
+    hint = origin or hint
+    if hint is type(None):
+        return (type(None),)
+    if hint is float:
+        return (int, float)
+    return (object,) if hint is Any else (hint,)
+
+
+@functools.cache
+def _field_rules(cls: type) -> list[tuple[str, str, tuple[type, ...], bool]]:
+    """(name, annotation, allowed types, has a default) of each field of the dataclass."""
+    hints = typing.get_type_hints(cls)
+    return [
+        (
+            spec.name,
+            str(spec.type),
+            _json_types(hints[spec.name]),
+            spec.default is not dataclasses.MISSING
+            or spec.default_factory is not dataclasses.MISSING,
+        )
+        for spec in dataclasses.fields(cls)
+    ]
+
+
+def read_stored_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
+    """Keyword arguments for the dataclass ``cls`` from a stored dict: unknown keys are
+    ignored, a missing (or null) field with a default is left to its default, and every
+    value is checked to have the annotated JSON type (containers by their outer type)."""
+    if not isinstance(data, dict):
+        raise StoredStateError(f"{what} is not a JSON object but {_kind(data)}")
+    values: dict[str, Any] = {}
+    for name, annotation, allowed, has_default in _field_rules(cls):
+        value = data.get(name)
+        if value is None and has_default:
+            continue
+        if name not in data:
+            raise StoredStateError(f"{what} lacks the required field {name!r}")
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise StoredStateError(
+                f"{what}: field {name!r} should be {annotation} but is {_kind(value)}"
+            )
+        values[name] = value
+    return values
 
 
 @dataclass
@@ -133,16 +238,41 @@ class BatchJob:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The job as stored: its fields, stamped with ``format_version``."""
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BatchJob:
-        fields = {k: v for k, v in data.items() if k != "shards"}
-        return cls(**fields, shards=[BatchShard(**s) for s in data.get("shards", [])])
+    def from_dict(cls, data: Any) -> BatchJob:
+        """Read a job as ``to_dict`` wrote it, in this version or an earlier one.
+
+        Unknown fields (of the job and of each shard) are ignored and a missing optional
+        field takes its default, so a record written by a version with more or fewer
+        fields still reads. Raises ``StoredStateError`` for a record of a newer
+        ``format_version`` or one too broken to use.
+
+        Example:
+            >>> BatchJob.from_dict(
+            ...     {"endpoint": "/v1/embeddings", "idempotency_key": "k", "added_later": 1}
+            ... ).endpoint
+            '/v1/embeddings'
+        """
+        what = "the recorded BatchJob"
+        stored_format_version(data, what)
+        values = read_stored_fields(cls, data, what)
+        values["shards"] = [
+            BatchShard(**read_stored_fields(BatchShard, shard, f"{what}, shard {n}"))
+            for n, shard in enumerate(values.get("shards", []))
+        ]
+        return cls(**values)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BatchJob:
-        return cls.from_dict(orjson.loads(text))
+        """``from_dict`` of JSON text; text that is not JSON raises ``StoredStateError``."""
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise StoredStateError(f"the recorded BatchJob is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)

@@ -17,7 +17,13 @@ The cursor only remembers what the event log cannot answer cheaply: the progress
 reported, the partitions a tick did not reach (they go first next time) and the
 materializations whose results run was already requested. Losing it costs a repeated
 observation, never a duplicate run (Dagster drops a repeated ``run_key``, and the runs
-already made for a state are looked up by their ``dagster/run_key`` tag).
+already made for a state are looked up by their ``dagster/run_key`` tag). So a cursor
+this version cannot read (not JSON, the wrong shape, a newer ``format_version``) is
+replaced by an empty one, with a warning in the tick's log; unknown fields are ignored.
+
+A partition whose recorded job cannot be used (written by a newer version, or broken)
+is skipped with a warning naming it; the other partitions are refreshed and collected
+as usual.
 """
 
 from collections import Counter
@@ -29,14 +35,21 @@ import orjson
 
 from .budget import map_within_budget
 from .client import InferenceBatchClient
-from .job import BatchJob
+from .job import (
+    FORMAT_VERSION,
+    BatchJob,
+    StoredStateError,
+    read_stored_fields,
+    stored_format_version,
+)
 from .metadata import batch_metadata, progress_metadata
 from .resource import InferenceBatchResource
-from .state import Action, RecordedJob, next_action, uncollected_jobs
+from .state import Action, RecordedJob, UnreadableJob, next_action, uncollected_jobs
 
 DEFAULT_BUDGET_SECONDS = 40.0  # the daemon gives a tick 60 s
 MAX_RESULTS_RETRIES = 3  # results runs requested again after a failed one, per job state
 RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster gives a sensor's run
+_CURSOR_ENTRIES = {"progress": str, "requested": int, "run_keys": str, "resume": str}
 
 
 @dataclass
@@ -48,10 +61,29 @@ class _Cursor:
 
     @classmethod
     def load(cls, text: str | None) -> "_Cursor":
-        return cls(**orjson.loads(text)) if text else cls()
+        """The cursor as ``dump`` wrote it, in this version or an earlier one: unknown
+        fields are ignored, missing ones start empty. Raises ``StoredStateError`` for one
+        that is not JSON, has the wrong shape or a newer ``format_version``."""
+        if not text:
+            return cls()
+        what = "the sensor's cursor"
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise StoredStateError(f"{what} is not valid JSON: {exc}") from exc
+        stored_format_version(data, what)
+        values = read_stored_fields(cls, data, what)
+        for name, kind in _CURSOR_ENTRIES.items():
+            entries = values.get(name, ())
+            entries = entries.values() if isinstance(entries, dict) else entries
+            if not all(isinstance(e, kind) and not isinstance(e, bool) for e in entries):
+                raise StoredStateError(
+                    f"{what}: {name!r} holds an entry that is not {kind.__name__}"
+                )
+        return cls(**values)
 
     def dump(self) -> str:
-        return orjson.dumps(asdict(self)).decode()
+        return orjson.dumps({"format_version": FORMAT_VERSION, **asdict(self)}).decode()
 
 
 @dataclass(frozen=True)
@@ -62,8 +94,13 @@ class _Outcome:
     resubmitted: BatchJob | None = None
 
 
-def _slot(recorded: RecordedJob) -> str:
+def _slot(recorded: RecordedJob | UnreadableJob) -> str:
     return recorded.partition or ""
+
+
+def _where(slot: str) -> str:
+    """A slot as messages name it: ``partition 'a'``, or the pipeline's one job."""
+    return f"partition {slot!r}" if slot else "the unpartitioned job"
 
 
 def _signature(job: BatchJob) -> str:
@@ -154,15 +191,23 @@ def _results_run(instance: dg.DagsterInstance, base: str, *, job_failed: bool) -
 
 
 def _describe(
-    jobs: list[BatchJob], waiting: int, not_reached: int, errors: int, gave_up: int = 0
+    jobs: list[BatchJob],
+    waiting: int,
+    not_reached: int,
+    errors: int,
+    gave_up: int = 0,
+    unreadable: tuple[str, ...] = (),
 ) -> str:
-    """What a tick saw, for the skip reason.
+    """What a tick saw, for the skip reason; ``unreadable`` names the partitions skipped
+    because their recorded job cannot be used.
 
     Example:
         >>> _describe([], waiting=1, not_reached=0, errors=0)
         '1 waiting for a requested results run'
+        >>> _describe([], waiting=0, not_reached=0, errors=0, unreadable=("a",))
+        "1 skipped, its recorded job cannot be used: partition 'a' (see the tick's logs)"
     """
-    if not jobs and not waiting and not gave_up:
+    if not jobs and not waiting and not gave_up and not unreadable:
         return "no batches in flight"
     parts = []
     if jobs:
@@ -183,6 +228,12 @@ def _describe(
         parts.append(
             f"{gave_up} whose results run failed {MAX_RESULTS_RETRIES + 1} times "
             "(see the runs; materialize the results asset to try again)"
+        )
+    if unreadable:
+        its = "its recorded job" if len(unreadable) == 1 else "their recorded jobs"
+        names = ", ".join(_where(slot) for slot in unreadable)
+        parts.append(
+            f"{len(unreadable)} skipped, {its} cannot be used: {names} (see the tick's logs)"
         )
     return "; ".join(parts)
 
@@ -211,8 +262,24 @@ def build_sensor(
         f"requests {results_key.to_user_string()} when the batches are done.",
     )
     def watch(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        cursor = _Cursor.load(context.cursor)
-        jobs = uncollected_jobs(context.instance, batch_key, results_key, partitioned=partitioned)
+        try:
+            cursor = _Cursor.load(context.cursor)
+        except StoredStateError as exc:
+            context.log.warning(
+                f"{name}: the sensor's cursor was reset to an empty one: {exc}. Nothing is "
+                "lost: the event log is the source of truth (at most a progress observation "
+                "is repeated; runs already requested are found by their run key)."
+            )
+            cursor = _Cursor()
+        jobs, unreadable = uncollected_jobs(
+            context.instance, batch_key, results_key, partitioned=partitioned
+        )
+        for broken in unreadable:
+            context.log.warning(
+                f"{name}: skipping {_where(_slot(broken))}: cannot use the job recorded by "
+                f"{batch_key.to_user_string()} (materialization {broken.storage_id}): "
+                f"{broken.error}. The other partitions carry on."
+            )
         requested = {
             _slot(r): r
             for r in jobs
@@ -293,6 +360,7 @@ def build_sensor(
                 len(not_reached),
                 tally["errors"],
                 gave_up=tally["gave_up"],
+                unreadable=tuple(_slot(broken) for broken in unreadable),
             )
         return dg.SensorResult(
             run_requests=run_requests,

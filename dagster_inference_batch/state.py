@@ -4,6 +4,10 @@ The ``<name>_input_file`` and ``<name>_batch`` materializations carry the job as
 metadata (``inference_batch/job``). Every step and the sensor read it back from the
 instance (SQLite locally, Postgres in production), never from an IO manager, a module
 global or a local file, so any process on any host sees the same state.
+
+A recorded job this version cannot read (written by a newer version, or broken) fails
+only its own partition: ``latest_job`` raises a ``dg.Failure`` saying why, and
+``uncollected_jobs`` hands it back as an ``UnreadableJob`` beside the readable ones.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Literal
 
 import dagster as dg
 
-from .job import BatchJob
+from .job import BatchJob, StoredStateError
 
 JOB_KEY = "inference_batch/job"
 CANCEL_KEY = "inference_batch/cancel_requested"
@@ -32,16 +36,29 @@ class RecordedJob:
     cancel_requested: bool = False
 
 
-def _recorded(record: dg.EventLogRecord) -> RecordedJob | None:
+@dataclass(frozen=True)
+class UnreadableJob:
+    """A materialization whose recorded job this version cannot use; ``error`` says why."""
+
+    partition: str | None
+    storage_id: int
+    error: str
+
+
+def _recorded(record: dg.EventLogRecord) -> RecordedJob | UnreadableJob | None:
     materialization = record.asset_materialization
     if materialization is None or JOB_KEY not in materialization.metadata:
         return None
     metadata = materialization.metadata
     cancel = metadata.get(CANCEL_KEY)
+    try:
+        job = BatchJob.from_dict(metadata[JOB_KEY].value)
+    except StoredStateError as exc:
+        return UnreadableJob(materialization.partition, record.storage_id, str(exc))
     return RecordedJob(
         partition=materialization.partition,
         storage_id=record.storage_id,
-        job=BatchJob.from_dict(metadata[JOB_KEY].value),
+        job=job,
         cancel_requested=bool(cancel.value) if cancel is not None else False,
     )
 
@@ -56,6 +73,9 @@ def latest_job(
 ) -> RecordedJob | None:
     """The job recorded by the latest materialization of ``asset_key`` for ``partition``.
 
+    Raises ``dg.Failure`` when that job cannot be read (written by a newer version, or
+    broken), so only this partition's run fails.
+
     Example:
         >>> latest_job(instance, dg.AssetKey("reviews_batch"), None)  # doctest: +SKIP
         RecordedJob(partition=None, storage_id=42, job=BatchJob(...), cancel_requested=False)
@@ -64,7 +84,15 @@ def latest_job(
         asset_key=asset_key, asset_partitions=[partition] if partition is not None else None
     )
     records = instance.fetch_materializations(records_filter, limit=1).records
-    return _recorded(records[0]) if records else None
+    recorded = _recorded(records[0]) if records else None
+    if isinstance(recorded, UnreadableJob):
+        where = f" partition {partition}" if partition is not None else ""
+        raise dg.Failure(
+            description=f"cannot use the job recorded by {asset_key.to_user_string()}{where} "
+            f"(materialization {recorded.storage_id}): {recorded.error}",
+            metadata={"inference_batch/unreadable_job": recorded.error},
+        )
+    return recorded
 
 
 def _latest_storage_ids(
@@ -86,22 +114,28 @@ def uncollected_jobs(
     results_key: dg.AssetKey,
     *,
     partitioned: bool,
-) -> list[RecordedJob]:
+) -> tuple[list[RecordedJob], list[UnreadableJob]]:
     """Jobs whose latest batch materialization is newer than the partition's results.
 
-    These are the batches in flight, or final and waiting for their results run.
+    These are the batches in flight, or final and waiting for their results run; those
+    whose recorded job cannot be read come second, so the rest carry on without them.
     """
     batches = _latest_storage_ids(instance, batch_key, partitioned)
     results = _latest_storage_ids(instance, results_key, partitioned)
     storage_ids = [sid for part, sid in batches.items() if results.get(part, 0) < sid]
     if not storage_ids:
-        return []
+        return [], []
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=batch_key, storage_ids=storage_ids),
         limit=len(storage_ids),
     ).records
-    recorded = (_recorded(record) for record in records)
-    return sorted((r for r in recorded if r is not None), key=lambda r: r.partition or "")
+    recorded = sorted(
+        (r for r in map(_recorded, records) if r is not None), key=lambda r: r.partition or ""
+    )
+    return (
+        [r for r in recorded if isinstance(r, RecordedJob)],
+        [r for r in recorded if isinstance(r, UnreadableJob)],
+    )
 
 
 def next_action(job: BatchJob, *, max_attempts: int, cancel_requested: bool = False) -> Action:
