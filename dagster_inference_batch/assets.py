@@ -21,7 +21,7 @@ from .cancel import build_cancel_job
 from .checks import results_check_specs
 from .collect import build_results_asset
 from .content import ContentParser
-from .event_ledger import ledger_recorder, recorded_batches
+from .event_ledger import EventLogLedger
 from .metadata import KINDS, batch_metadata, input_file_metadata
 from .requests import CHAT_ENDPOINT, build_requests
 from .resource import InferenceBatchResource
@@ -161,6 +161,14 @@ def build_inference_batch_assets(
     def resource_of(context: dg.AssetExecutionContext) -> InferenceBatchResource:
         return getattr(context.resources, resource_key)
 
+    def ledger_of(context: dg.AssetExecutionContext) -> EventLogLedger:
+        return EventLogLedger(
+            context.instance,
+            partition=partition_of(context),
+            input_file_key=input_file_key,
+            batch_key=batch_key,
+        )
+
     check_specs = results_check_specs(name, results_key, max_failure_rate)
 
     @dg.asset(
@@ -185,6 +193,7 @@ def build_inference_batch_assets(
                 },
                 idempotency_key=f"{batch_key.to_user_string()}|{partition or ''}|"
                 f"{encoded.sha256()[:16]}",
+                ledger=ledger_of(context),
             )
         context.log.info(f"uploaded {len(encoded)} requests in {len(job.shards)} file(s)")
         return dg.MaterializeResult(
@@ -207,13 +216,8 @@ def build_inference_batch_assets(
                 f"{f' partition {partition}' if partition else ''}: materialize it first"
             )
         resource = resource_of(context)
-        instance = context.instance
         with resource.get_client() as client:
-            job = client.create(
-                uploaded.job,
-                known_batches=recorded_batches(instance, batch_key, partition, uploaded.job),
-                on_created=ledger_recorder(instance, batch_key, partition),
-            )
+            job = client.create(uploaded.job, ledger=ledger_of(context))
         context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
         return dg.MaterializeResult(
             metadata={
@@ -252,6 +256,7 @@ def build_inference_batch_assets(
         check_specs=check_specs,
         sensor=build_sensor(
             name,
+            input_file_key=input_file_key,
             batch_key=batch_key,
             results_key=results_key,
             collect_job_name=collect_job.name,

@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ from .errors import (
     PartialCreateError,
 )
 from .job import BatchJob, BatchShard
-from .ledger import CREATED_IN_THIS_PROCESS
+from .ledger import CREATED_IN_THIS_PROCESS, Ledger
 from .requests import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
@@ -67,8 +67,6 @@ SHORT_DOWNLOAD_RETRIES = 2  # extra downloads of result files holding fewer line
 _T = TypeVar("_T")
 
 RequestsLike = pd.DataFrame | Iterable[dict[str, Any]] | str | Path | EncodedRequests
-# Called with (batch idempotency key, batch id) as soon as a create returns.
-OnCreated = Callable[[str, str], None]
 
 
 def _batch_key(job_key: str, shard_index: int, attempt: int, sha256: str) -> str:
@@ -138,7 +136,7 @@ class InferenceBatchClient:
         # Listings this provider answered "not offered" (twice, or 405/501): this client
         # only, so that one hiccup never switches idempotency off for anyone else.
         self._absent_endpoints: set[str] = set()
-        self._ledger_scope = CREATED_IN_THIS_PROCESS.scope(base_url, api_key)
+        self._process_ledger = CREATED_IN_THIS_PROCESS.for_account(base_url, api_key)
         # When this client first saw a final batch whose files disagree with its counts.
         self._unsettled_since: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -250,12 +248,14 @@ class InferenceBatchClient:
         endpoint: str | None = None,
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        ledger: Ledger | None = None,
     ) -> BatchJob:
         """Validate, shard and upload the request lines; no batch is created yet.
 
         Nothing is uploaded when the lines or the create options (metadata, completion
         window) are invalid. A shard already uploaded under the same idempotency key (by
-        an earlier, interrupted call) is reused.
+        an earlier, interrupted call) is reused: found in ``ledger`` (see ``ledger.py``),
+        among this process's uploads, or in the provider's file listing.
 
         Example:
             >>> job = client.upload(frame, metadata={"team": "search"})  # doctest: +SKIP
@@ -279,27 +279,34 @@ class InferenceBatchClient:
             request_count=len(encoded),
             submitted_at=time.time(),
         )
-        job.shards = self._upload_shards(encoded, job_key, attempt=1)
+        job.shards = self._upload_shards(encoded, job_key, attempt=1, ledger=ledger)
         return job
 
     def _upload_shards(
-        self, encoded: EncodedRequests, job_key: str, attempt: int
+        self, encoded: EncodedRequests, job_key: str, attempt: int, ledger: Ledger | None
     ) -> list[BatchShard]:
         shards = shard_requests(
             encoded, max_requests=self.max_requests_per_batch, max_bytes=self.max_bytes_per_batch
         )
-        uploaded = self._uploaded_files()  # one listing for every shard
+        keys = [_batch_key(job_key, s.index, attempt, s.sha256) for s in shards]
+        wanted = {_upload_name(key): s.nbytes for key, s in zip(keys, shards, strict=True)}
+        uploaded = self._recorded_files(wanted, ledger)
+        if len(uploaded) < len(wanted):
+            listed = self._uploaded_files()  # one listing for every shard
+            uploaded.update(
+                {name: listed[(name, n)] for name, n in wanted.items() if (name, n) in listed}
+            )
         with tempfile.TemporaryDirectory(prefix="dib-upload-") as tmp:
 
-            def upload_one(shard: Any) -> BatchShard:
-                key = _batch_key(job_key, shard.index, attempt, shard.sha256)
+            def upload_one(numbered: tuple[str, Any]) -> BatchShard:
+                key, shard = numbered
                 path = Path(tmp) / _upload_name(key)
-                file_id = uploaded.get((path.name, shard.nbytes))
+                file_id = uploaded.get(path.name)
                 if file_id:
                     self.log.info("reusing uploaded file %s (%s)", file_id, path.name)
                 else:
                     write_jsonl(encoded, path, shard.positions)
-                    file_id = self._upload_file(path, shard.nbytes)
+                    file_id = self._upload_file(path, shard.nbytes, ledger)
                 return BatchShard(
                     index=shard.index,
                     attempt=attempt,
@@ -311,9 +318,34 @@ class InferenceBatchClient:
                     model=shard.model,
                 )
 
-            return self._map(upload_one, shards)
+            return self._map(upload_one, list(zip(keys, shards, strict=True)))
 
-    def _upload_file(self, path: Path, nbytes: int) -> str:
+    def _recorded_files(self, wanted: dict[str, int], ledger: Ledger | None) -> dict[str, str]:
+        """Uploads recorded under these names (by the caller or by this process) that
+        the provider still holds with the same size: fetched by id, no listing."""
+        recorded = {
+            **self._process_ledger.recorded("file", list(wanted)),
+            **(ledger.recorded("file", list(wanted)) if ledger is not None else {}),
+        }
+
+        def still_there(item: tuple[str, str]) -> bool:
+            name, file_id = item
+            try:
+                stored = self._call(
+                    f"retrieve {file_id}", lambda: self._openai.files.retrieve(file_id)
+                )
+            except BatchAPIError as error:
+                if error.status_code == 404:
+                    return False
+                raise
+            return stored.filename == name and stored.bytes == wanted[name]
+
+        kept = self._map(still_there, list(recorded.items()))
+        return {
+            name: file_id for (name, file_id), ok in zip(recorded.items(), kept, strict=True) if ok
+        }
+
+    def _upload_file(self, path: Path, nbytes: int, ledger: Ledger | None) -> str:
         def find() -> str | None:  # an upload that failed may still have gone through
             return self._uploaded_files().get((path.name, nbytes))
 
@@ -322,8 +354,14 @@ class InferenceBatchClient:
                 return self._openai.files.create(file=(path.name, handle), purpose="batch").id
 
         file_id = self._call(f"upload {path.name}", create, before_retry=find)
+        self._record("file", path.name, file_id, ledger)
         self.log.info("uploaded %s as %s (%d bytes)", path.name, file_id, nbytes)
         return file_id
+
+    def _record(self, kind: Any, key: str, object_id: str, ledger: Ledger | None) -> None:
+        self._process_ledger.record(kind, key, object_id)
+        if ledger is not None:
+            ledger.record(kind, key, object_id)
 
     def _uploaded_files(self) -> dict[tuple[str, int], str]:
         """Recent batch input files (one page), by (filename, bytes)."""
@@ -339,36 +377,34 @@ class InferenceBatchClient:
         job: BatchJob,
         *,
         webhook_url: str | None = None,
-        known_batches: Mapping[str, str] | None = None,
-        on_created: OnCreated | None = None,
+        ledger: Ledger | None = None,
     ) -> BatchJob:
         """Create a batch for every uploaded shard that has none, idempotently.
 
-        A shard's batch is looked for first among ``known_batches`` (the caller's record
-        of batch ids by idempotency key, such as the Dagster event log's), then among the
-        batches this process created, then in the provider's listing; only a shard found
-        nowhere gets a new batch. ``on_created(key, batch_id)`` is called as soon as each
-        create returns, so the caller can record it before anything else can fail.
-        ``self.idempotency`` then says how the lookup was made.
+        A shard's batch is looked for first in ``ledger`` (the caller's record, such as
+        the Dagster event log's) and among the batches this process created, fetched by
+        id; then in the provider's listing. Only a shard found nowhere gets a new batch,
+        recorded in both ledgers as soon as the create returns. ``self.idempotency`` then
+        says how the lookup was made.
 
         Example:
-            >>> job = client.create(client.upload(frame), known_batches={})  # doctest: +SKIP
+            >>> job = client.create(client.upload(frame, ledger=ledger), ledger=ledger)
+            ... # doctest: +SKIP
         """
         self.check_create_options(webhook_url=webhook_url)
         job = _copy(job)
         pending = [s for s in job.shards if s.batch_id is None]
-        found = self._recorded_batches(pending, known_batches or {})
+        found = self._recorded_batches(pending, ledger)
         unknown = {s.idempotency_key for s in pending if s.idempotency_key not in found}
         if unknown:
             found.update(self._find_batches(unknown))
-            self._note_idempotency(known_batches is not None)
+            self._note_idempotency(ledger is not None)
         elif pending:
             self.idempotency = "ledger"  # every batch was found by its recorded id
         outcomes = self._map(
             lambda s: _outcome(
                 lambda: (
-                    found.get(s.idempotency_key)
-                    or self._create_batch(job, s, webhook_url, on_created)
+                    found.get(s.idempotency_key) or self._create_batch(job, s, webhook_url, ledger)
                 )
             ),
             pending,
@@ -382,17 +418,14 @@ class InferenceBatchClient:
             raise PartialCreateError(job, errors[0]) from errors[0]
         return job
 
-    def _recorded_batches(
-        self, shards: list[BatchShard], known: Mapping[str, str]
-    ) -> dict[str, Any]:
+    def _recorded_batches(self, shards: list[BatchShard], ledger: Ledger | None) -> dict[str, Any]:
         """Batches recorded for the shards' keys (by the caller or by this process) that
         the provider still has under that key: fetched by id, no listing."""
+        keys = [s.idempotency_key for s in shards]
         wanted = {
-            s.idempotency_key: known.get(s.idempotency_key)
-            or CREATED_IN_THIS_PROCESS.get(self._ledger_scope, s.idempotency_key)
-            for s in shards
+            **self._process_ledger.recorded("batch", keys),
+            **(ledger.recorded("batch", keys) if ledger is not None else {}),
         }
-        wanted = {key: batch_id for key, batch_id in wanted.items() if batch_id}
 
         def fetch(item: tuple[str, str]) -> Any | None:
             key, batch_id = item
@@ -442,7 +475,7 @@ class InferenceBatchClient:
         job: BatchJob,
         shard: BatchShard,
         webhook_url: str | None,
-        on_created: OnCreated | None,
+        ledger: Ledger | None,
     ) -> Any:
         def find() -> Any | None:  # a create that failed may still have gone through
             return self._find_batches({shard.idempotency_key}).get(shard.idempotency_key)
@@ -465,9 +498,7 @@ class InferenceBatchClient:
             )
 
         batch = self._call(f"create batch for shard {shard.index}", create, before_retry=find)
-        CREATED_IN_THIS_PROCESS.add(self._ledger_scope, shard.idempotency_key, batch.id)
-        if on_created is not None:
-            on_created(shard.idempotency_key, batch.id)
+        self._record("batch", shard.idempotency_key, batch.id, ledger)
         self.log.info(
             "created batch %s (shard %d, attempt %d, %d requests)",
             batch.id,
@@ -497,8 +528,10 @@ class InferenceBatchClient:
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        ledger: Ledger | None = None,
     ) -> BatchJob:
-        """Validate, shard, upload and create: the one-call path. Idempotent.
+        """Validate, shard, upload and create: the one-call path. Idempotent (see
+        ``upload`` and ``create`` for how earlier files and batches are found again).
 
         Everything the provider would refuse is checked before the upload. Should the
         provider still refuse a create (a 4xx), nothing is left behind: batches this call
@@ -506,10 +539,14 @@ class InferenceBatchClient:
         """
         self.check_create_options(metadata, webhook_url=webhook_url)
         job = self.upload(
-            requests, endpoint=endpoint, metadata=metadata, idempotency_key=idempotency_key
+            requests,
+            endpoint=endpoint,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            ledger=ledger,
         )
         try:
-            return self.create(job, webhook_url=webhook_url)
+            return self.create(job, webhook_url=webhook_url, ledger=ledger)
         except PartialCreateError as error:
             if _is_refusal(error):
                 self._withdraw(error.job)
@@ -523,8 +560,8 @@ class InferenceBatchClient:
             len(job.shards),
         )
         for shard in job.shards:
-            if shard.batch_id:
-                CREATED_IN_THIS_PROCESS.discard(self._ledger_scope, shard.idempotency_key)
+            self._process_ledger.forget("batch", shard.idempotency_key)
+            self._process_ledger.forget("file", _upload_name(shard.idempotency_key))
         if job.batch_ids:
             self.cancel(job)
         self.delete_files(job, inputs_only=True)
@@ -787,7 +824,12 @@ class InferenceBatchClient:
     # ---------------------------------------------------------------- resubmit
 
     def resubmit(
-        self, job: BatchJob, *, include_failed: bool = False, webhook_url: str | None = None
+        self,
+        job: BatchJob,
+        *,
+        include_failed: bool = False,
+        webhook_url: str | None = None,
+        ledger: Ledger | None = None,
     ) -> BatchJob:
         """Start a new attempt holding only what expired, was cancelled or is missing.
 
@@ -826,8 +868,10 @@ class InferenceBatchClient:
         new_job = _copy(job)
         attempt = job.attempt + 1
         self.log.info("resubmitting %d requests as attempt %d", len(remainder), attempt)
-        new_job.shards.extend(self._upload_shards(remainder, job.idempotency_key, attempt))
-        return self.create(new_job, webhook_url=webhook_url)
+        new_job.shards.extend(
+            self._upload_shards(remainder, job.idempotency_key, attempt, ledger=ledger)
+        )
+        return self.create(new_job, webhook_url=webhook_url, ledger=ledger)
 
 
 def _input_records(paths: list[Path]) -> Iterator[tuple[str, bytes]]:

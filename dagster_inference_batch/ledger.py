@@ -1,50 +1,91 @@
-"""The batches this process created, by idempotency key: found again without a listing.
+"""Ledgers: records of the files and batches a job created, found again without a listing.
 
-A provider whose batch listing is missing or failing cannot tell the client that a
-batch for a key already exists. What this process created itself it knows for sure, so
-a second ``submit`` of the same job in the same process reuses those batches whatever
-the listing says. Only positive facts are kept (a batch id that a create returned), never
-"this provider lacks an endpoint", so a hiccup can make nothing less safe. Across
-processes the Dagster event log plays this part (``event_ledger.py``).
+The provider's listings are the usual way to find an upload or a batch made by a step
+that died before recording it, but some providers lack them and they only reach the most
+recent items. A ledger is written the moment a file or batch exists, so a re-run finds
+it by id. Two kinds:
+
+- ``ProcessLedger``: what this process created (``CREATED_IN_THIS_PROCESS``), always
+  consulted, so a second ``submit`` of a job in the same process never pays twice;
+- a caller's ledger, any object with ``recorded`` and ``record`` (the Dagster event log's
+  is ``event_ledger.EventLogLedger``), which outlives the process.
+
+Only positive facts are kept (an id that a create returned), never "this provider lacks
+an endpoint", so a hiccup can make nothing less safe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Collection
+from typing import Literal, Protocol
+
+Kind = Literal["file", "batch"]
 
 
-class CreatedBatches:
-    """Thread-safe map of (provider scope, batch idempotency key) to batch id.
+class Ledger(Protocol):
+    """Where a caller records the files and batches it created.
+
+    ``kind`` is ``"file"`` (keyed by upload file name) or ``"batch"`` (keyed by the
+    batch's idempotency key).
+    """
+
+    def recorded(self, kind: Kind, keys: Collection[str]) -> dict[str, str]:
+        """The ids recorded for those of ``keys`` that have one."""
+        ...
+
+    def record(self, kind: Kind, key: str, object_id: str) -> None:
+        """Record ``object_id`` for ``key``; called as soon as the object exists."""
+        ...
+
+
+class ProcessLedger:
+    """A thread-safe ledger in memory, one section per provider account.
 
     Example:
-        >>> ledger = CreatedBatches()
-        >>> scope = ledger.scope("http://127.0.0.1:8787/v1", "key")
-        >>> ledger.add(scope, "job#s0a1:abc", "batch_1")
-        >>> ledger.get(scope, "job#s0a1:abc")
-        'batch_1'
+        >>> ledger = ProcessLedger().for_account("http://127.0.0.1:8787/v1", "key")
+        >>> ledger.record("batch", "job#s0a1:abc", "batch_1")
+        >>> ledger.recorded("batch", ["job#s0a1:abc", "other"])
+        {'job#s0a1:abc': 'batch_1'}
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids: dict[tuple[str, str], str] = {}
+        self._ids: dict[tuple[str, str, str], str] = {}
 
-    @staticmethod
-    def scope(base_url: str, api_key: str) -> str:
-        """One provider account: its URL and a digest of the key (never the key)."""
-        return f"{base_url}|{hashlib.sha256(api_key.encode()).hexdigest()[:16]}"
+    def for_account(self, base_url: str, api_key: str) -> AccountLedger:
+        """The section for one provider account: its URL and a digest of the key."""
+        return AccountLedger(self, f"{base_url}|{hashlib.sha256(api_key.encode()).hexdigest()}")
 
-    def get(self, scope: str, key: str) -> str | None:
+    def _recorded(self, scope: str, kind: Kind, keys: Collection[str]) -> dict[str, str]:
         with self._lock:
-            return self._ids.get((scope, key))
+            return {k: self._ids[(scope, kind, k)] for k in keys if (scope, kind, k) in self._ids}
 
-    def add(self, scope: str, key: str, batch_id: str) -> None:
+    def _record(self, scope: str, kind: Kind, key: str, object_id: str | None) -> None:
         with self._lock:
-            self._ids[(scope, key)] = batch_id
+            if object_id is None:
+                self._ids.pop((scope, kind, key), None)
+            else:
+                self._ids[(scope, kind, key)] = object_id
 
-    def discard(self, scope: str, key: str) -> None:
-        with self._lock:
-            self._ids.pop((scope, key), None)
+
+class AccountLedger:
+    """One provider account's section of a ``ProcessLedger`` (a ``Ledger``)."""
+
+    def __init__(self, ledger: ProcessLedger, scope: str) -> None:
+        self._ledger = ledger
+        self._scope = scope
+
+    def recorded(self, kind: Kind, keys: Collection[str]) -> dict[str, str]:
+        return self._ledger._recorded(self._scope, kind, keys)
+
+    def record(self, kind: Kind, key: str, object_id: str) -> None:
+        self._ledger._record(self._scope, kind, key, object_id)
+
+    def forget(self, kind: Kind, key: str) -> None:
+        """Drop a record (the object was withdrawn)."""
+        self._ledger._record(self._scope, kind, key, None)
 
 
-CREATED_IN_THIS_PROCESS = CreatedBatches()
+CREATED_IN_THIS_PROCESS = ProcessLedger()

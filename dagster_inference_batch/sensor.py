@@ -35,6 +35,7 @@ import orjson
 
 from .budget import map_within_budget
 from .client import InferenceBatchClient
+from .event_ledger import EventLogLedger
 from .job import (
     FORMAT_VERSION,
     BatchJob,
@@ -42,6 +43,7 @@ from .job import (
     read_stored_fields,
     stored_format_version,
 )
+from .ledger import Ledger
 from .metadata import batch_metadata, progress_metadata
 from .resource import InferenceBatchResource
 from .state import Action, RecordedJob, UnreadableJob, next_action, uncollected_jobs
@@ -108,19 +110,21 @@ def _signature(job: BatchJob) -> str:
     return f"{job.status}|{job.attempt}|{counts['completed']}|{counts['failed']}|{counts['total']}"
 
 
-def _advance(client: InferenceBatchClient, recorded: RecordedJob, max_attempts: int) -> _Outcome:
+def _advance(
+    client: InferenceBatchClient, recorded: RecordedJob, max_attempts: int, ledger: Ledger
+) -> _Outcome:
     job = client.refresh(recorded.job)
     action = next_action(job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested)
     if action != "resubmit":
         return _Outcome(recorded, job, action)
-    new_job = client.resubmit(job)
+    new_job = client.resubmit(job, ledger=ledger)
     if new_job.attempt == job.attempt:  # nothing was left to resubmit
         return _Outcome(recorded, job, "collect")
     return _Outcome(recorded, job, action, resubmitted=new_job)
 
 
 def _record(
-    outcome: _Outcome, batch_key: dg.AssetKey, cursor: _Cursor
+    outcome: _Outcome, batch_key: dg.AssetKey, cursor: _Cursor, provider: dict[str, str]
 ) -> list[dg.AssetObservation | dg.AssetMaterialization]:
     """Events for one refreshed job: progress when it changed, the new attempt if any."""
     slot, partition, job = _slot(outcome.recorded), outcome.recorded.partition, outcome.job
@@ -140,7 +144,7 @@ def _record(
                 partition=partition,
                 description=f"attempt {new_job.attempt}: resubmitted what {job.status} "
                 f"in attempt {job.attempt}",
-                metadata=batch_metadata(new_job),
+                metadata={**batch_metadata(new_job), **provider},
             )
         )
         cursor.progress[slot] = _signature(new_job)
@@ -241,6 +245,7 @@ def _describe(
 def build_sensor(
     name: str,
     *,
+    input_file_key: dg.AssetKey,
     batch_key: dg.AssetKey,
     results_key: dg.AssetKey,
     collect_job_name: str,
@@ -289,10 +294,21 @@ def build_sensor(
         order = [s for s in cursor.resume if s in active]
         order += [s for s in active if s not in order]
         resource: InferenceBatchResource = getattr(context.resources, resource_key)
+
+        def ledger_for(partition: str | None) -> EventLogLedger:
+            return EventLogLedger(
+                context.instance,
+                partition=partition,
+                input_file_key=input_file_key,
+                batch_key=batch_key,
+            )
+
         client = resource.get_client()
         try:
             done, not_reached = map_within_budget(
-                lambda slot: _advance(client, active[slot], max_attempts),
+                lambda slot: _advance(
+                    client, active[slot], max_attempts, ledger_for(active[slot].partition)
+                ),
                 order,
                 budget_seconds=budget_seconds,
                 then=client.close,  # once the last refresh started has returned
@@ -340,7 +356,7 @@ def build_sensor(
                 context.log.warning(f"{name}: could not refresh partition {slot!r}: {outcome}")
                 tally["errors"] += 1
                 continue
-            events += _record(outcome, batch_key, next_cursor)
+            events += _record(outcome, batch_key, next_cursor, resource.provider_metadata())
             if outcome.resubmitted is not None:
                 context.log.info(
                     f"{name}: resubmitted the {outcome.job.status} remainder of partition "

@@ -17,6 +17,7 @@ from typing import Literal
 
 import dagster as dg
 
+from .consistency import absent_files
 from .job import BatchJob, StoredStateError
 
 JOB_KEY = "inference_batch/job"
@@ -140,8 +141,9 @@ def uncollected_jobs(
 
 def next_action(job: BatchJob, *, max_attempts: int, cancel_requested: bool = False) -> Action:
     """What a job needs: ``wait`` while running, ``resubmit`` an expired or cancelled
-    remainder while attempts remain (not after a cancel the user asked for), else
-    ``collect`` its results.
+    remainder, or the rows of a batch taken as final without the files its counts promise
+    (the client waits for those first), while attempts remain and not after a cancel the
+    user asked for; else ``collect`` its results.
 
     Example:
         >>> next_action(BatchJob(endpoint="/v1/chat/completions", idempotency_key="k"),
@@ -150,6 +152,7 @@ def next_action(job: BatchJob, *, max_attempts: int, cancel_requested: bool = Fa
     """
     if not job.is_final:
         return "wait"
-    if job.status in RESUBMITTABLE and job.attempt < max_attempts and not cancel_requested:
+    leftovers = job.status in RESUBMITTABLE or any(absent_files(s) for s in job.current_shards)
+    if leftovers and job.attempt < max_attempts and not cancel_requested:
         return "resubmit"
     return "collect"

@@ -16,6 +16,7 @@ import pandas as pd
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from dagster_inference_batch import InferenceBatchResource, build_inference_batch_assets
+from dagster_inference_batch.event_ledger import LEDGER_KEY
 
 NAME = "llm"
 MODEL = "test-model"
@@ -165,6 +166,19 @@ class Harness:
     def observations(
         self, key: dg.AssetKey, partition: str | None = None
     ) -> list[dg.AssetObservation]:
+        """Observations other than the ledger's, oldest first (`ledger_entries` has
+        those)."""
+        return [o for o in self._observations(key, partition) if LEDGER_KEY not in o.metadata]
+
+    def ledger_entries(
+        self, key: dg.AssetKey, partition: str | None = None
+    ) -> list[dict[str, str]]:
+        """The ledger's records on `key` (uploads on `<name>_input_file`, batches on
+        `<name>_batch`), oldest first."""
+        observations = self._observations(key, partition)
+        return [o.metadata[LEDGER_KEY].value for o in observations if LEDGER_KEY in o.metadata]
+
+    def _observations(self, key: dg.AssetKey, partition: str | None) -> list[dg.AssetObservation]:
         records_filter = dg.AssetRecordsFilter(
             asset_key=key, asset_partitions=[partition] if partition else None
         )

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 
 import dagster as dg
+import openai
 import pytest
 
 from dagster_inference_batch import InferenceBatchResource
@@ -68,11 +69,51 @@ def test_without_a_key_or_an_opt_in_the_first_step_fails_and_says_why(instance, 
 
 @pytest.fixture
 def no_listing_provider(batch_server) -> Iterator[LoopbackProxy]:
-    """A provider that offers no batch or file listing at all."""
+    """A provider that offers no batch or file listing at all (`.server` is behind it)."""
     server = batch_server(api_key="test-key")
     proxy = LoopbackProxy(server.base_url, refuse=[("GET", "/v1/batches"), ("GET", "/v1/files")])
+    proxy.server = server
     yield proxy
     proxy.close()
+
+
+def forget_this_process(monkeypatch) -> None:
+    """The re-run is a new process: only the event log remembers what was created."""
+    if hasattr(client_module, "CREATED_IN_THIS_PROCESS"):
+        fresh = type(client_module.CREATED_IN_THIS_PROCESS)()
+        monkeypatch.setattr(client_module, "CREATED_IN_THIS_PROCESS", fresh)
+
+
+def files_held(server) -> list:
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0)
+    return list(sdk.files.list(purpose="batch").data)
+
+
+def test_an_input_file_step_that_dies_after_upload_is_rerun_without_a_second_upload(
+    instance, no_listing_provider, monkeypatch
+):
+    harness = Harness(
+        instance,
+        no_listing_provider.base_url,
+        rows=6,
+        resource_options={"max_requests_per_batch": 3, "backoff_seconds": 0.01},
+    )
+    recorded_metadata = assets_module.input_file_metadata
+
+    def dies_before_recording(*args):
+        raise RuntimeError("the step died after the upload, before its materialization")
+
+    monkeypatch.setattr(assets_module, "input_file_metadata", dies_before_recording)
+    assert not harness.submit_without_raising().success
+    assert len(files_held(no_listing_provider.server)) == 2  # uploaded, unrecorded
+    monkeypatch.setattr(assets_module, "input_file_metadata", recorded_metadata)
+    forget_this_process(monkeypatch)
+
+    harness.submit()
+    assert len(files_held(no_listing_provider.server)) == 2  # reused from the ledger
+    assert no_listing_provider.batch_creates == 2
+    harness.tick_until(harness.results_done)
+    assert len(harness.results_frame()) == 6
 
 
 def test_a_batch_step_that_dies_after_create_is_rerun_without_a_second_batch(
@@ -93,10 +134,7 @@ def test_a_batch_step_that_dies_after_create_is_rerun_without_a_second_batch(
     assert not harness.submit_without_raising().success
     assert no_listing_provider.batch_creates == 2  # both shards' batches exist, unrecorded
     monkeypatch.setattr(assets_module, "batch_metadata", recorded_metadata)
-    # the re-run is a new process: only the event log remembers the batches
-    if hasattr(client_module, "CREATED_IN_THIS_PROCESS"):
-        fresh = type(client_module.CREATED_IN_THIS_PROCESS)()
-        monkeypatch.setattr(client_module, "CREATED_IN_THIS_PROCESS", fresh)
+    forget_this_process(monkeypatch)
 
     harness.submit()  # the re-run, as a user would click it
     assert no_listing_provider.batch_creates == 2  # reused from the event log's ledger
@@ -105,3 +143,54 @@ def test_a_batch_step_that_dies_after_create_is_rerun_without_a_second_batch(
     harness.tick_until(harness.results_done)
     assert set(harness.results_frame()["status"]) == {"succeeded"}
     assert len(harness.results_frame()) == 6
+
+
+@pytest.fixture
+def late_file_ids(batch_server):
+    """A provider whose final batches show their file ids only from a later read on
+    (`.hide(reads)` starts a proxy hiding them for that many reads of each batch)."""
+    server = batch_server(api_key="test-key")
+    proxies: list[LoopbackProxy] = []
+
+    def hide(reads: int) -> LoopbackProxy:
+        proxies.append(LoopbackProxy(server.base_url, hide_file_ids=reads))
+        return proxies[-1]
+
+    yield hide
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_the_sensor_waits_out_a_completed_batch_without_its_output_file(instance, late_file_ids):
+    provider = late_file_ids(3)
+    harness = Harness(
+        instance, provider.base_url, rows=5, resource_options={"backoff_seconds": 0.01}
+    )
+    harness.submit()
+    harness.tick_until(harness.results_done)
+    results = harness.materializations(harness.pipeline.results_key)[-1]
+    assert results.metadata["inference_batch/succeeded"].value == 5
+    assert results.metadata["inference_batch/missing"].value == 0
+    assert results.metadata["inference_batch/attempts"].value == 1  # nothing paid again
+    assert provider.batch_creates == 1
+
+
+def test_rows_still_without_an_answer_after_the_wait_are_resubmitted_then_counted_missing(
+    instance, late_file_ids
+):
+    provider = late_file_ids(10**6)  # the output file id never shows
+    harness = Harness(
+        instance,
+        provider.base_url,
+        rows=4,
+        max_attempts=2,
+        resource_options={"backoff_seconds": 0.01, "final_state_wait_seconds": 0.5},
+    )
+    harness.submit()
+    harness.tick_until(harness.results_done)
+    batches = harness.materializations(harness.pipeline.batch_key)
+    assert [m.metadata["inference_batch/attempt"].value for m in batches] == [1, 2]
+    assert batches[-1].metadata[PROVIDER_KEY].value == provider.base_url
+    results = harness.materializations(harness.pipeline.results_key)[-1]
+    assert results.metadata["inference_batch/missing"].value == 4
+    assert provider.batch_creates == 2  # one per attempt, and no third
