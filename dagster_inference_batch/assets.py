@@ -25,7 +25,12 @@ from .event_ledger import EventLogLedger
 from .metadata import KINDS, batch_metadata, input_file_metadata
 from .requests import CHAT_ENDPOINT, build_requests
 from .resource import InferenceBatchResource
-from .sensor import DEFAULT_BUDGET_SECONDS, build_sensor
+from .sensor import (
+    DEFAULT_BUDGET_SECONDS,
+    DEFAULT_PROGRESS_STEP_PERCENT,
+    DEFAULT_PROGRESS_STEP_SECONDS,
+    build_sensor,
+)
 from .state import latest_job, partition_of
 
 if TYPE_CHECKING:
@@ -108,6 +113,9 @@ def build_inference_batch_assets(
     results_wait_seconds: float = 30.0,
     sensor_interval_seconds: int = 30,
     sensor_budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    cancel_orphaned: bool = True,
+    progress_step_percent: float = DEFAULT_PROGRESS_STEP_PERCENT,
+    progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS,
     group_name: str | None = None,
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
@@ -261,10 +269,13 @@ def build_inference_batch_assets(
             results_key=results_key,
             collect_job_name=collect_job.name,
             resource_key=resource_key,
-            partitioned=partitions_def is not None,
+            partitions_def=partitions_def,
             max_attempts=max_attempts,
             interval_seconds=sensor_interval_seconds,
             budget_seconds=sensor_budget_seconds,
+            cancel_orphaned=cancel_orphaned,
+            progress_step_percent=progress_step_percent,
+            progress_step_seconds=progress_step_seconds,
         ),
         submit_job=dg.define_asset_job(
             f"{name}_submit",
