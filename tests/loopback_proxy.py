@@ -8,6 +8,7 @@ import http.client
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,6 +34,9 @@ class LoopbackProxy:
       ``output_file_id``/``error_file_id`` (as services still finalizing do);
     - ``short_downloads``: the first N downloads of a file of several lines leave out
       its last line (a complete, well-formed response).
+
+    ``requests`` counts every request received by ``"METHOD /path"`` (query left out),
+    refused ones too; ``batch_creates`` counts the batches created through it.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class LoopbackProxy:
         self.shorts_left = short_downloads
         self.hidden_reads: dict[str, int] = {}  # batch id -> reads answered without file ids
         self.batch_creates = 0
+        self.requests: Counter[str] = Counter()
         proxy = self
         lock = threading.Lock()
 
@@ -90,6 +95,8 @@ class LoopbackProxy:
 
             def _forward(self) -> None:
                 path = self.path.split("?", 1)[0]
+                with lock:
+                    proxy.requests[f"{self.command} {path}"] += 1
                 if refuses((self.command, path)):
                     proxy.refused.append(f"{self.command} {path}")
                     self._reply(404, {"Content-Type": "application/json"}, NOT_FOUND)
