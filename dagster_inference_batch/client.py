@@ -32,6 +32,13 @@ from .errors import (
     InvalidBatchInput,
     PartialCreateError,
 )
+from .idempotency import (
+    RELIST_PAGE,
+    RaceCheck,
+    batches_by_key,
+    possibly_tried,
+    record_intent,
+)
 from .job import BatchJob, BatchShard
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
 from .requests import (
@@ -383,9 +390,12 @@ class InferenceBatchClient:
 
         A shard's batch is looked for first in ``ledger`` (the caller's record, such as
         the Dagster event log's) and among the batches this process created, fetched by
-        id; then in the provider's listing. Only a shard found nowhere gets a new batch,
-        recorded in both ledgers as soon as the create returns. ``self.idempotency`` then
-        says how the lookup was made.
+        id; then in the provider's listing, unless ``ledger`` keeps intents and holds
+        none for the key (never tried: see ``idempotency.py``). Only a shard found
+        nowhere gets a new batch: an intent is recorded first, the batch as soon as the
+        create returns. One re-list of the most recent batches then settles a racing
+        create of the same key (the oldest batch wins; a younger duplicate made here is
+        cancelled). ``self.idempotency`` says how the lookup was made.
 
         Example:
             >>> job = client.create(client.upload(frame, ledger=ledger), ledger=ledger)
@@ -396,27 +406,53 @@ class InferenceBatchClient:
         pending = [s for s in job.shards if s.batch_id is None]
         found = self._recorded_batches(pending, ledger)
         unknown = {s.idempotency_key for s in pending if s.idempotency_key not in found}
-        if unknown:
-            found.update(self._find_batches(unknown))
+        tried = possibly_tried(ledger, unknown) if unknown else set()
+        if tried:
+            found.update(self._find_batches(tried))
             self._note_idempotency(ledger is not None)
         elif pending:
-            self.idempotency = "ledger"  # every batch was found by its recorded id
+            self.idempotency = "ledger"  # found by recorded id, or never tried
+        to_create = [s for s in pending if s.idempotency_key not in found]
         outcomes = self._map(
-            lambda s: _outcome(
-                lambda: (
-                    found.get(s.idempotency_key) or self._create_batch(job, s, webhook_url, ledger)
-                )
-            ),
-            pending,
+            lambda s: _outcome(lambda: self._create_batch(job, s, webhook_url, ledger)), to_create
         )
-        for shard, outcome in zip(pending, outcomes, strict=True):
-            if not isinstance(outcome, BatchAPIError):
-                self._adopt_input_file(shard, outcome)
-                _apply_batch(shard, outcome)
+        created = {
+            s.idempotency_key: o
+            for s, o in zip(to_create, outcomes, strict=True)
+            if not isinstance(o, BatchAPIError)
+        }
+        found.update(self._race_check(ledger).settle(created, ledger))
         errors = [o for o in outcomes if isinstance(o, BatchAPIError)]
+        for shard in pending:
+            batch = found.get(shard.idempotency_key)
+            if batch is None:
+                continue
+            if shard.idempotency_key in created and batch is not created[shard.idempotency_key]:
+                shard.file_id = batch.input_file_id  # a racer's; ours is deleted with its batch
+            self._adopt_input_file(shard, batch)
+            _apply_batch(shard, batch)
         if errors:
             raise PartialCreateError(job, errors[0]) from errors[0]
         return job
+
+    def _race_check(self, ledger: Ledger | None) -> RaceCheck:
+        def retrieve(batch_id: str) -> Any | None:
+            try:
+                return self._retrieve(batch_id)
+            except BatchAPIError as error:
+                if error.status_code == 404:
+                    return None
+                raise
+
+        return RaceCheck(
+            relist=lambda max_items: self.list_batches(limit=RELIST_PAGE, max_items=max_items),
+            has_listing=lambda: "GET /batches" not in self._absent_endpoints,
+            retrieve=retrieve,
+            cancel=self._cancel_batch,
+            delete_file=self._delete_file,
+            record=lambda key, batch_id: self._record("batch", key, batch_id, ledger),
+            log=self.log,
+        )
 
     def _recorded_batches(self, shards: list[BatchShard], ledger: Ledger | None) -> dict[str, Any]:
         """Batches recorded for the shards' keys (by the caller or by this process) that
@@ -497,6 +533,7 @@ class InferenceBatchClient:
                 extra_body=extra_body,
             )
 
+        record_intent(ledger, shard.idempotency_key)
         batch = self._call(f"create batch for shard {shard.index}", create, before_retry=find)
         self._record("batch", shard.idempotency_key, batch.id, ledger)
         self.log.info(
@@ -509,15 +546,12 @@ class InferenceBatchClient:
         return batch
 
     def _find_batches(self, keys: set[str]) -> dict[str, Any]:
-        """Batches among the most recent ``list_scan_limit`` that carry one of ``keys``."""
-        found: dict[str, Any] = {}
-        for batch in self.list_batches(max_items=self.list_scan_limit):
-            key = (batch.metadata or {}).get("idempotency_key")
-            if key in keys and key not in found:
-                found[key] = batch
-                self.log.info("reusing batch %s for %s", batch.id, key)
-                if len(found) == len(keys):
-                    break
+        """Batches among the most recent ``list_scan_limit`` that carry one of ``keys``:
+        for each key the oldest listed (the one a racing create settles on)."""
+        groups, _ = batches_by_key(self.list_batches(max_items=self.list_scan_limit), keys)
+        found = {key: batches[0] for key, batches in groups.items()}
+        for key, batch in found.items():
+            self.log.info("reusing batch %s for %s", batch.id, key)
         return found
 
     def submit(
@@ -643,20 +677,19 @@ class InferenceBatchClient:
         """
         job = _copy(job)
         live = [s for s in job.current_shards if s.batch_id and not s.is_final]
-
-        def cancel_one(shard: BatchShard) -> Any:
-            try:
-                return self._call(
-                    f"cancel {shard.batch_id}", lambda: self._openai.batches.cancel(shard.batch_id)
-                )
-            except BatchAPIError as error:
-                if error.status_code != 409:  # 409: it finished meanwhile; nothing to cancel
-                    raise
-                return self._retrieve(shard.batch_id)
-
-        for shard, batch in zip(live, self._map(cancel_one, live), strict=True):
+        batches = self._map(lambda s: self._cancel_batch(s.batch_id), live)
+        for shard, batch in zip(live, batches, strict=True):
             _apply_batch(shard, batch)
         return job
+
+    def _cancel_batch(self, batch_id: str) -> Any:
+        """Cancel one batch; one that finished meanwhile (409) is returned as it is."""
+        try:
+            return self._call(f"cancel {batch_id}", lambda: self._openai.batches.cancel(batch_id))
+        except BatchAPIError as error:
+            if error.status_code != 409:  # 409: it finished meanwhile; nothing to cancel
+                raise
+            return self._retrieve(batch_id)
 
     def list_batches(
         self, *, limit: int = 100, after: str | None = None, max_items: int | None = None

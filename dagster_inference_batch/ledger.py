@@ -10,8 +10,14 @@ it by id. Two kinds:
 - a caller's ledger, any object with ``recorded`` and ``record`` (the Dagster event log's
   is ``event_ledger.EventLogLedger``), which outlives the process.
 
-Only positive facts are kept (an id that a create returned), never "this provider lacks
-an endpoint", so a hiccup can make nothing less safe.
+Only positive facts are kept (an id that a create returned, an intent to create), never
+"this provider lacks an endpoint", so a hiccup can make nothing less safe.
+
+A caller's ledger may also keep *intents* (``keeps_intents = True``, see
+``IntentLedger``): the client records ``("intent", batch key)`` before each create, so a
+key with no intent was never tried and needs no listing scan. It may also answer
+``recorded_in_order`` (every id recorded per key, oldest first), which settles two
+racing creates where the provider has no batch listing (see ``idempotency.py``).
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ import threading
 from collections.abc import Collection
 from typing import Literal, Protocol
 
-Kind = Literal["file", "batch"]
+Kind = Literal["file", "batch", "intent"]
 
 
 class Ledger(Protocol):
     """Where a caller records the files and batches it created.
 
     ``kind`` is ``"file"`` (keyed by upload file name) or ``"batch"`` (keyed by the
-    batch's idempotency key).
+    batch's idempotency key); ``"intent"`` (keyed like a batch) only for ledgers that
+    declare ``keeps_intents`` (see ``IntentLedger``).
     """
 
     def recorded(self, kind: Kind, keys: Collection[str]) -> dict[str, str]:
@@ -37,6 +44,27 @@ class Ledger(Protocol):
 
     def record(self, kind: Kind, key: str, object_id: str) -> None:
         """Record ``object_id`` for ``key``; called as soon as the object exists."""
+        ...
+
+
+class IntentLedger(Ledger, Protocol):
+    """A ledger that also keeps intents, and so can say a key was never tried.
+
+    ``keeps_intents`` is True, and the client gives it ``record("intent", key, ...)``
+    before every create of a batch for ``key``. ``recorded("intent", keys)`` then returns
+    the keys that *may* have been tried: a ledger that cannot tell for some key (records
+    written before it kept intents) returns that key too, which costs a listing scan,
+    never a second batch.
+    """
+
+    keeps_intents: bool
+
+
+class OrderedLedger(Ledger, Protocol):
+    """A ledger that can list every id recorded for a key, in the order recorded."""
+
+    def recorded_in_order(self, kind: Kind, keys: Collection[str]) -> dict[str, list[str]]:
+        """For each of ``keys`` with a record: every id recorded, oldest record first."""
         ...
 
 
