@@ -32,6 +32,7 @@ from .sensor import (
     build_sensor,
 )
 from .state import latest_job, partition_of
+from .supersede import SUPERSEDED_KEY, cancel_superseded_batches, recorded_job
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -109,6 +110,7 @@ def build_inference_batch_assets(
     partitions_def: dg.PartitionsDefinition | None = None,
     resource_key: str = "inference_batch",
     max_attempts: int = 2,
+    cancel_superseded: bool = True,
     max_failure_rate: float = 0.05,
     results_wait_seconds: float = 30.0,
     sensor_interval_seconds: int = 30,
@@ -126,7 +128,9 @@ def build_inference_batch_assets(
     ``model`` and ``body_params`` go into every body. ``parse_content`` turns each
     answer into extra result columns (e.g. ``json.loads`` for structured output).
     ``resource_key`` names an ``InferenceBatchResource``. Expired or cancelled requests
-    are resubmitted until ``max_attempts``; ``<name>_results`` waits
+    are resubmitted until ``max_attempts``. With ``cancel_superseded`` a new submission
+    of a partition with other rows cancels the batches its previous job still runs
+    (``inference_batch/superseded``). ``<name>_results`` waits
     ``results_wait_seconds`` for the batches and otherwise leaves them to the sensor.
 
     Example:
@@ -223,15 +227,24 @@ def build_inference_batch_assets(
                 f"no upload recorded for {input_file_key.to_user_string()}"
                 f"{f' partition {partition}' if partition else ''}: materialize it first"
             )
+        previous = (
+            recorded_job(context.instance, batch_key, partition, context.log)
+            if cancel_superseded
+            else None
+        )
         resource = resource_of(context)
         with resource.get_client() as client:
             job = client.create(uploaded.job, ledger=ledger_of(context))
+            superseded = (
+                cancel_superseded_batches(client, previous, job, context.log) if previous else None
+            )
         context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
         return dg.MaterializeResult(
             metadata={
                 **batch_metadata(job),
                 **resource.provider_metadata(),
                 "inference_batch/idempotency": client.idempotency,
+                **({SUPERSEDED_KEY: dg.MetadataValue.json(superseded)} if superseded else {}),
             }
         )
 

@@ -8,6 +8,7 @@
 - After a backfill of 200 partitions, re-running the first creates nothing although the
   listing scan could not reach its batches, and a new partition's submission needs no
   listing scan: the ledger's intent records say its keys were never tried.
+- A new submission of a partition with other rows cancels the job it supersedes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,12 +32,13 @@ from dagster_inference_batch.ledger import ProcessLedger
 from tests.dagster_harness import Harness
 from tests.loopback_proxy import LoopbackProxy
 from tests.provider_state import provider_batches
-from tests.server_fixtures import jsonl, request_line, sdk_client
+from tests.server_fixtures import jsonl, request_line, sdk_client, wait_final
 
 REPO = Path(__file__).resolve().parents[1]
 RACE_SCRIPT = REPO / "tests" / "race_submit.py"
 API_KEY = "test-key"
 STOPPED = ("cancelling", "cancelled")
+SUPERSEDED_KEY = "inference_batch/superseded"
 
 
 @pytest.fixture
@@ -246,3 +249,54 @@ def test_after_a_backfill_a_rerun_pays_nothing_and_a_new_partition_scans_no_list
         print(f"new partition's listing calls: {dict(provider.requests)}")
     finally:
         provider.close()
+
+
+# ------------------------------------------------------------------- supersession
+
+
+def test_a_new_submission_with_other_rows_cancels_the_job_it_supersedes(instance, batch_server):
+    server = batch_server(api_key=API_KEY, requests_per_second=2)  # 20 rows: ~10 s
+    first = Harness(instance, server.base_url, rows=20)
+    assert first.submit().success
+    (old_batch,) = (
+        first.materializations(first.pipeline.batch_key)[-1]
+        .metadata["inference_batch/batch_ids"]
+        .value
+    )
+    old_key = (
+        first.materializations(first.pipeline.batch_key)[-1]
+        .metadata["inference_batch/job"]
+        .value["idempotency_key"]
+    )
+
+    second = Harness(instance, server.base_url, rows=3)  # other rows: another job
+    assert second.submit().success
+    latest = second.materializations(second.pipeline.batch_key)[-1]
+    (new_batch,) = latest.metadata["inference_batch/batch_ids"].value
+    assert latest.metadata[SUPERSEDED_KEY].value == {
+        "job_key": old_key,
+        "batch_ids": [old_batch],
+        "cancelled": [old_batch],
+    }
+    assert wait_final(sdk_client(server, API_KEY), old_batch).status == "cancelled"
+
+    second.tick_until(second.results_done)
+    assert len(second.collect_runs) == 1
+    results = second.materializations(second.pipeline.results_key)
+    assert len(results) == 1
+    assert results[0].metadata["inference_batch/batch_ids"].value == [new_batch]
+    frame = second.results_frame()
+    assert sorted(frame["custom_id"]) == [f"row-{i}" for i in range(3)]
+    assert Counter(frame["status"]) == {"succeeded": 3}
+
+
+def test_without_cancel_superseded_the_earlier_job_runs_on(instance, batch_server):
+    server = batch_server(api_key=API_KEY, requests_per_second=2)
+    first = Harness(instance, server.base_url, rows=20, cancel_superseded=False)
+    assert first.submit().success
+    second = Harness(instance, server.base_url, rows=3, cancel_superseded=False)
+    assert second.submit().success
+    latest = second.materializations(second.pipeline.batch_key)[-1]
+    assert SUPERSEDED_KEY not in latest.metadata
+    statuses = {b.status for b in provider_batches(server)}
+    assert not statuses & set(STOPPED), statuses
