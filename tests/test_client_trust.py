@@ -108,11 +108,13 @@ def test_a_completed_batch_read_before_its_output_file_id_is_read_again(proxy_to
 def test_a_batch_that_never_shows_its_files_counts_as_missing_only_after_the_wait(proxy_to):
     provider = proxy_to(hide_file_ids=10**6)
     inputs = completions(4)
-    client = client_for(provider.base_url, final_state_wait_seconds=1.5)
-    submitted = client.submit(inputs, endpoint="/v1/completions")
+    client = client_for(provider.base_url, final_state_wait_seconds=2.5)
     started = time.monotonic()
+    submitted = client.submit(inputs, endpoint="/v1/completions")
     job = client.wait(submitted, poll_interval=0.1)
-    assert time.monotonic() - started >= 1.0  # read again, not taken at the first read
+    # read again, not taken at the first read: the wait runs from the provider's
+    # completed_at, in whole seconds, so at most one second of it may lie before submit
+    assert time.monotonic() - started >= 1.5
     assert job.status == "completed" and job.shards[0].output_file_id is None
     assert client.results(job, inputs)["status"].tolist() == ["missing"] * 4
 
