@@ -257,7 +257,8 @@ def test_several_partitions_in_flight_each_collected_once(instance, batch_server
 
 
 def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
-    server = batch_server(validating_seconds=4.0)  # nothing finishes during the 3 ticks
+    # nothing finishes during the 3 ticks, even when the submissions before them are slow
+    server = batch_server(validating_seconds=12.0)
     partitions = dg.StaticPartitionsDefinition(["a", "b", "c"])
     harness = Harness(
         instance, server.base_url, rows=3, partitions_def=partitions, sensor_budget_seconds=0
