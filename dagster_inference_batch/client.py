@@ -271,7 +271,8 @@ class InferenceBatchClient:
         encoded = self.prepare(requests, endpoint=endpoint)
         metadata = dict(metadata or {})
         self.check_create_options(metadata)
-        job_key = idempotency_key or f"sha256:{encoded.sha256()[:32]}"
+        digest = encoded.sha256()
+        job_key = idempotency_key or f"sha256:{digest[:32]}"
         if len(job_key) > MAX_IDEMPOTENCY_KEY_CHARS:
             raise InvalidBatchInput(
                 [
@@ -285,6 +286,7 @@ class InferenceBatchClient:
             metadata=metadata,
             request_count=len(encoded),
             submitted_at=time.time(),
+            sha256=digest,
         )
         job.shards = self._upload_shards(encoded, job_key, attempt=1, ledger=ledger)
         return job
@@ -833,6 +835,24 @@ class InferenceBatchClient:
         if self.delete_files_after_results:
             self.delete_files(job)
         return frame
+
+    # ---------------------------------------------------------- submitted lines
+
+    def submitted_lines(self, job: BatchJob) -> Iterator[tuple[str, bytes]]:
+        """(custom_id, line) of every request line the job submitted, in file order.
+
+        Streams the job's first-attempt input files (every later attempt resubmits a
+        subset of them) from the provider; each line without its line ending, byte for
+        byte as uploaded. Raises ``BatchAPIError`` when a file cannot be downloaded (for
+        example after ``delete_files``).
+
+        Example:
+            >>> ids = [custom_id for custom_id, _ in client.submitted_lines(job)]  # doctest: +SKIP
+        """
+        first = [s for s in job.shards if s.attempt == 1]
+        with tempfile.TemporaryDirectory(prefix="dib-submitted-") as tmp:
+            for custom_id, line in _input_records(self._download_inputs(first, Path(tmp))):
+                yield custom_id, line.rstrip(b"\r\n")
 
     def delete_files(self, job: BatchJob, *, inputs_only: bool = False) -> None:
         """Delete the job's input, output and error files (only the input files with

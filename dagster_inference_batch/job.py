@@ -167,6 +167,10 @@ class BatchJob:
     request_count: int = 0
     shards: list[BatchShard] = field(default_factory=list)
     submitted_at: float | None = None
+    # hex sha256 of the request lines as submitted (``EncodedRequests.sha256()``), which
+    # ``<name>_results`` compares the upstream's current lines with; None in a job
+    # recorded before the field existed
+    sha256: str | None = None
 
     @property
     def attempt(self) -> int:

@@ -53,6 +53,8 @@ PREVIOUS: dict[str, Any] = {
     ],
     "submitted_at": 1767225600.5,
 }
+# Job fields added since, as a job read from PREVIOUS is written back: at their defaults.
+ADDED_SINCE: dict[str, Any] = {"sha256": None}
 
 
 def previous() -> dict[str, Any]:
@@ -85,7 +87,7 @@ def test_a_job_written_before_format_version_reads_and_is_written_back_stamped()
     assert job.status == "completed" and job.is_final
     assert job.request_counts() == {"total": 3, "completed": 3, "failed": 0}
     assert job.usage()["total_tokens"] == 42
-    assert job.to_dict() == {"format_version": FORMAT_VERSION, **PREVIOUS}
+    assert job.to_dict() == {"format_version": FORMAT_VERSION, **PREVIOUS, **ADDED_SINCE}
 
     # a missing (or null) optional field takes its default
     trimmed = previous()
