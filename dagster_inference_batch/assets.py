@@ -18,7 +18,7 @@ import dagster as dg
 import pandas as pd
 
 from .cancel import build_cancel_job
-from .checks import results_check_specs
+from .checks import build_results_checks
 from .collect import build_results_asset
 from .content import ContentParser
 from .event_ledger import EventLogLedger
@@ -54,11 +54,17 @@ class InferenceBatchDefinitions:
 
     name: str
     assets: list[dg.AssetsDefinition]
-    check_specs: list[dg.AssetCheckSpec]
+    asset_checks: list[dg.AssetChecksDefinition]
     sensor: dg.SensorDefinition
     submit_job: "UnresolvedAssetJobDefinition"
     collect_job: "UnresolvedAssetJobDefinition"
     cancel_job: dg.JobDefinition
+
+    @property
+    def check_specs(self) -> list[dg.AssetCheckSpec]:
+        """The specs of ``asset_checks``: ``<name>_results_complete`` (blocking) and
+        ``<name>_results_failure_rate``."""
+        return [spec for check in self.asset_checks for spec in check.check_specs]
 
     @property
     def input_file_key(self) -> dg.AssetKey:
@@ -80,12 +86,17 @@ class InferenceBatchDefinitions:
 
     @property
     def defs(self) -> dg.Definitions:
-        """Assets (with their checks), sensor and jobs as one ``dg.Definitions``.
+        """Assets, asset checks, sensor and jobs as one ``dg.Definitions``.
 
         Resources are the caller's: bind an ``InferenceBatchResource`` under the
         pipeline's resource key.
         """
-        return dg.Definitions(assets=self.assets, sensors=[self.sensor], jobs=self.jobs)
+        return dg.Definitions(
+            assets=self.assets,
+            asset_checks=self.asset_checks,
+            sensors=[self.sensor],
+            jobs=self.jobs,
+        )
 
 
 def _upstream_key(upstream: UpstreamLike) -> dg.AssetKey:
@@ -181,8 +192,6 @@ def build_inference_batch_assets(
             batch_key=batch_key,
         )
 
-    check_specs = results_check_specs(name, results_key, max_failure_rate)
-
     @dg.asset(
         name=input_file_key.path[-1],
         ins={"upstream": dg.AssetIn(key=upstream_key)},
@@ -263,18 +272,22 @@ def build_inference_batch_assets(
                 results_key=results_key,
                 batch_key=batch_key,
                 upstream_key=upstream_key,
-                id_column=id_column,
+                request_options=request_options,
                 parse_content=parse_content,
-                check_specs=check_specs,
                 partitions_def=partitions_def,
                 resource_key=resource_key,
                 group_name=group_name,
                 max_attempts=max_attempts,
-                max_failure_rate=max_failure_rate,
                 wait_seconds=results_wait_seconds,
             ),
         ],
-        check_specs=check_specs,
+        asset_checks=build_results_checks(
+            name,
+            results_key=results_key,
+            batch_key=batch_key,
+            partitions_def=partitions_def,
+            max_failure_rate=max_failure_rate,
+        ),
         sensor=build_sensor(
             name,
             input_file_key=input_file_key,

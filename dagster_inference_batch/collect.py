@@ -3,19 +3,77 @@
 If the batches are still running after ``wait_seconds`` (or an expired remainder is
 due to be resubmitted), the step ends without materializing: downstream assets in the
 run are skipped and the pipeline's sensor requests the results run later.
+
+Answers are joined to the upstream's rows only when those rows are the ones submitted:
+the step builds the request lines from the upstream as it is now and compares their
+sha256 with the job's. If they differ it fails, naming the ids added, removed and
+changed (found by reading the submitted input files back), instead of setting old
+answers beside new questions. The materialization records the ``<name>_batch``
+materialization it joined (``inference_batch/collected_storage_id``): the sensor's
+definition of "collected" (``state.uncollected_jobs``).
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from .checks import evaluate_results_checks
+from .client import InferenceBatchClient
 from .content import ContentParser, parse_content_columns
-from .errors import BatchFailedError, BatchWaitTimeout
+from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
 from .metadata import KINDS, results_metadata, token_usage
+from .requests import build_requests
 from .resource import InferenceBatchResource
-from .state import latest_job, next_action, partition_of
+from .row_changes import compare_lines
+from .state import RecordedJob, latest_job, next_action, partition_of
+
+UPSTREAM_CHANGED_KEY = "inference_batch/upstream_changed"
+
+
+def check_submitted_rows(
+    client: InferenceBatchClient,
+    recorded: RecordedJob,
+    upstream: pd.DataFrame,
+    request_options: Mapping[str, Any],
+    *,
+    name: str,
+    upstream_key: dg.AssetKey,
+    batch_key: dg.AssetKey,
+) -> None:
+    """Raise ``dg.Failure`` unless ``upstream`` still builds the request lines the job
+    submitted (the order of the rows aside), naming what changed and what to do."""
+    job = recorded.job
+    encoded = build_requests(upstream, **request_options)
+    if job.sha256 is not None and encoded.sha256() == job.sha256:
+        return
+    upstream_name = upstream_key.to_user_string()
+    where = (
+        f"the job recorded by {batch_key.to_user_string()} (materialization "
+        f"{recorded.storage_id}, job key {job.idempotency_key})"
+    )
+    advice = (
+        f"The answers belong to the submitted rows, so they are not joined to the current "
+        f"ones: materialize {name}_submit ({name}_input_file and {name}_batch) again to send "
+        f"the current rows, or materialize {upstream_name} back to the submitted rows."
+    )
+    try:
+        changes = compare_lines(client.submitted_lines(job), encoded.custom_ids, encoded.lines)
+    except BatchAPIError as exc:
+        raise dg.Failure(
+            description=f"{upstream_name} now builds other request lines than {where} "
+            f"submitted (sha256 {encoded.sha256()[:16]}, submitted "
+            f"{(job.sha256 or 'not recorded')[:16]}), and the submitted input files could not "
+            f"be read to name the rows ({exc}). {advice}",
+            metadata={UPSTREAM_CHANGED_KEY: dg.MetadataValue.json({"error": str(exc)})},
+        ) from exc
+    if not changes:
+        return  # the same lines in another order (or a job recorded without its sha256)
+    raise dg.Failure(
+        description=f"{upstream_name} changed since its rows were submitted in {where}: "
+        f"{changes.describe()}. {advice}",
+        metadata={UPSTREAM_CHANGED_KEY: dg.MetadataValue.json(changes.as_metadata())},
+    )
 
 
 def build_results_asset(
@@ -24,39 +82,33 @@ def build_results_asset(
     results_key: dg.AssetKey,
     batch_key: dg.AssetKey,
     upstream_key: dg.AssetKey,
-    id_column: str,
+    request_options: Mapping[str, Any],
     parse_content: ContentParser | None,
-    check_specs: list[dg.AssetCheckSpec],
     partitions_def: dg.PartitionsDefinition | None,
     resource_key: str,
     group_name: str | None,
     max_attempts: int,
-    max_failure_rate: float,
     wait_seconds: float,
 ) -> dg.AssetsDefinition:
-    """``<name>_results`` with its two checks, both optional outputs of one step."""
+    """``<name>_results``, materialized only once the batches are done.
 
-    @dg.multi_asset(
-        name=results_key.path[-1],
-        outs={
-            results_key.path[-1]: dg.AssetOut(
-                key=results_key,
-                is_required=False,  # not materialized while the batches still run
-                description="One row per input row: the answer, its status and token counts.",
-                group_name=group_name,
-                kinds=KINDS,
-            )
-        },
+    ``request_options`` are the keyword arguments of ``build_requests`` the pipeline
+    submits with (``id_column``, ``prompt_column``, ``model``, ...).
+    """
+    id_column = request_options.get("id_column", "custom_id")
+
+    @dg.asset(
+        key=results_key,
         ins={"upstream": dg.AssetIn(key=upstream_key)},
         deps=[batch_key],
-        check_specs=check_specs,
-        can_subset=True,  # so that the checks, too, may be left out
+        output_required=False,  # not materialized while the batches still run
+        description="One row per submitted row: the answer, its status and token counts.",
         partitions_def=partitions_def,
+        group_name=group_name,
+        kinds=KINDS,
         required_resource_keys={resource_key},
     )
-    def results(
-        context: dg.AssetExecutionContext, upstream: pd.DataFrame
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    def results(context: dg.AssetExecutionContext, upstream: pd.DataFrame) -> Iterator[dg.Output]:
         partition = partition_of(context)
         recorded = latest_job(context.instance, batch_key, partition)
         if recorded is None:
@@ -85,6 +137,16 @@ def build_results_asset(
                     f"materialize {results_key.to_user_string()}."
                 )
                 return
+            if job.status != "failed":  # a failed job has nothing to join: results() says why
+                check_submitted_rows(
+                    client,
+                    recorded,
+                    upstream,
+                    request_options,
+                    name=name,
+                    upstream_key=upstream_key,
+                    batch_key=batch_key,
+                )
             try:
                 frame = client.results(job, inputs=upstream, id_column=id_column)
             except BatchFailedError as exc:
@@ -97,11 +159,10 @@ def build_results_asset(
         cost = resource.cost(token_usage(frame))
         yield dg.Output(
             frame,
-            output_name=results_key.path[-1],
-            metadata={**results_metadata(frame, job, cost), **resource.provider_metadata()},
+            metadata={
+                **results_metadata(frame, recorded, job, cost),
+                **resource.provider_metadata(),
+            },
         )
-        for check in evaluate_results_checks(name, frame, upstream[id_column], max_failure_rate):
-            if dg.AssetCheckKey(results_key, check.check_name) in context.selected_asset_check_keys:
-                yield check
 
     return results

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .job import BatchJob
 from .requests import EncodedRequests
-from .state import JOB_KEY
+from .state import COLLECTED_JOB_KEY, COLLECTED_KEY, JOB_KEY, RecordedJob
 
 KINDS = {"inference"}  # the kind tag every pipeline asset carries
 PREVIEW_ROWS = 10
@@ -147,14 +147,21 @@ def token_usage(frame: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def results_metadata(frame: pd.DataFrame, job: BatchJob, cost: float | None) -> dict[str, Any]:
-    """Row count, schema, counts per status, tokens, cost, time to final, a preview."""
+def results_metadata(
+    frame: pd.DataFrame, collected: RecordedJob, job: BatchJob, cost: float | None
+) -> dict[str, Any]:
+    """Row count, schema, counts per status, tokens, cost, time to final, a preview; the
+    ``<name>_batch`` materialization joined (``collected``, whose refreshed job is
+    ``job``) and the number of rows it submitted."""
     counts = frame["status"].value_counts()
     usage = token_usage(frame)
     schema = dg.TableSchema(
         columns=[dg.TableColumn(str(c), str(t)) for c, t in frame.dtypes.items()]
     )
     metadata: dict[str, Any] = {
+        COLLECTED_KEY: collected.storage_id,
+        COLLECTED_JOB_KEY: collected.job.idempotency_key,
+        "inference_batch/request_count": job.request_count,
         "dagster/row_count": len(frame),
         "dagster/column_schema": schema,
         **{f"inference_batch/{s}": int(counts.get(s, 0)) for s in STATUSES},

@@ -8,6 +8,13 @@ global or a local file, so any process on any host sees the same state.
 A recorded job this version cannot read (written by a newer version, or broken) fails
 only its own partition: ``latest_job`` raises a ``dg.Failure`` saying why, and
 ``uncollected_jobs`` hands it back as an ``UnreadableJob`` beside the readable ones.
+
+Each ``<name>_results`` materialization names the ``<name>_batch`` materialization whose
+job it joined (``inference_batch/collected_storage_id``, with the job's key in
+``inference_batch/job_key``): a partition is collected when that link points at its
+latest batch materialization. The order of storage ids alone cannot tell, because a
+results run reads the job when it starts and is stored when it ends, and a new job may
+be submitted in between.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from .job import BatchJob, StoredStateError
 
 JOB_KEY = "inference_batch/job"
 CANCEL_KEY = "inference_batch/cancel_requested"
+COLLECTED_KEY = "inference_batch/collected_storage_id"  # on <name>_results: the batch it joined
+COLLECTED_JOB_KEY = "inference_batch/job_key"  # on <name>_results: that job's idempotency key
 RESUBMITTABLE = frozenset({"expired", "cancelled"})
 
 Action = Literal["wait", "resubmit", "collect"]
@@ -64,7 +73,9 @@ def _recorded(record: dg.EventLogRecord) -> RecordedJob | UnreadableJob | None:
     )
 
 
-def partition_of(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> str | None:
+def partition_of(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext,
+) -> str | None:
     """The run's partition key, or None for an unpartitioned run."""
     return context.partition_key if context.has_partition_key else None
 
@@ -96,17 +107,48 @@ def latest_job(
     return recorded
 
 
-def _latest_storage_ids(
+def _latest(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitioned: bool
-) -> dict[str | None, int]:
+) -> tuple[dict[str | None, int], dict[int, dg.EventLogRecord]]:
+    """The latest materialization's storage id per partition, and the records already
+    read on the way (the unpartitioned lookup reads the record itself)."""
     if partitioned:
-        return dict(
-            instance.get_latest_storage_id_by_partition(
-                asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION
-            )
+        latest = instance.get_latest_storage_id_by_partition(
+            asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION
         )
+        return dict(latest), {}
     records = instance.fetch_materializations(asset_key, limit=1).records
-    return {None: records[0].storage_id} if records else {}
+    if not records:
+        return {}, {}
+    return {None: records[0].storage_id}, {records[0].storage_id: records[0]}
+
+
+def _records(
+    instance: dg.DagsterInstance,
+    asset_key: dg.AssetKey,
+    storage_ids: list[int],
+    known: dict[int, dg.EventLogRecord],
+) -> list[dg.EventLogRecord]:
+    """The materialization records with ``storage_ids``: one batched fetch for those not
+    ``known`` already."""
+    wanted = [sid for sid in storage_ids if sid not in known]
+    fetched = (
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=wanted), limit=len(wanted)
+        ).records
+        if wanted
+        else []
+    )
+    return [known[sid] for sid in storage_ids if sid in known] + list(fetched)
+
+
+def collected_storage_id(record: dg.EventLogRecord) -> int | None:
+    """The storage id of the ``<name>_batch`` materialization a ``<name>_results``
+    materialization joined, or None for results written before the link existed."""
+    materialization = record.asset_materialization
+    value = materialization.metadata.get(COLLECTED_KEY) if materialization else None
+    linked = value.value if value is not None else None
+    return linked if isinstance(linked, int) and not isinstance(linked, bool) else None
 
 
 def uncollected_jobs(
@@ -116,20 +158,37 @@ def uncollected_jobs(
     *,
     partitioned: bool,
 ) -> tuple[list[RecordedJob], list[UnreadableJob]]:
-    """Jobs whose latest batch materialization is newer than the partition's results.
+    """Jobs whose partition's latest batch materialization has not been collected.
+
+    A partition is collected when its latest ``<name>_results`` materialization names
+    (``inference_batch/collected_storage_id``) its latest ``<name>_batch``
+    materialization; results written before that link existed count when they are
+    newer than the batch. Only results newer than the batch are read (results older
+    than it cannot have joined it): the latest storage ids of both assets, then one
+    batched fetch of those results' records and one of the uncollected batches'.
 
     These are the batches in flight, or final and waiting for their results run; those
     whose recorded job cannot be read come second, so the rest carry on without them.
     """
-    batches = _latest_storage_ids(instance, batch_key, partitioned)
-    results = _latest_storage_ids(instance, results_key, partitioned)
-    storage_ids = [sid for part, sid in batches.items() if results.get(part, 0) < sid]
+    batches, known_batches = _latest(instance, batch_key, partitioned)
+    results, known_results = _latest(instance, results_key, partitioned)
+    newer = [results[part] for part, sid in batches.items() if results.get(part, 0) > sid]
+    links = {
+        record.asset_materialization.partition: collected_storage_id(record)
+        for record in _records(instance, results_key, newer, known_results)
+        if record.asset_materialization is not None
+    }
+
+    def collected(partition: str | None, storage_id: int) -> bool:
+        if results.get(partition, 0) < storage_id:
+            return False
+        linked = links.get(partition)
+        return linked is None or linked == storage_id
+
+    storage_ids = [sid for part, sid in batches.items() if not collected(part, sid)]
     if not storage_ids:
         return [], []
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=batch_key, storage_ids=storage_ids),
-        limit=len(storage_ids),
-    ).records
+    records = _records(instance, batch_key, storage_ids, known_batches)
     recorded = sorted(
         (r for r in map(_recorded, records) if r is not None), key=lambda r: r.partition or ""
     )

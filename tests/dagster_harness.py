@@ -81,9 +81,11 @@ class Harness:
     def materialize(
         self, *keys: dg.AssetKey, partition: str | None = None, raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
-        """Materialize `prompts` and the given pipeline assets."""
+        """Materialize `prompts` and the given pipeline assets (with the results' checks
+        when `<name>_results` is among them)."""
+        checks = self.pipeline.asset_checks if self.pipeline.results_key in keys else []
         return dg.materialize(
-            [self.upstream, *self.pipeline.assets],
+            [self.upstream, *self.pipeline.assets, *checks],
             selection=dg.AssetSelection.assets(self.upstream.key, *keys),
             partition_key=partition,
             instance=self.instance,
