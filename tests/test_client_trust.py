@@ -147,9 +147,7 @@ def test_an_output_file_missing_lines_is_downloaded_again(proxy_to):
         ({"webhook_url": "http://hooks.example.com/batch"}, "webhook_url"),
     ],
 )
-def test_what_the_provider_would_refuse_is_refused_before_any_upload(
-    server, submit_options, named
-):
+def test_what_the_provider_would_refuse_is_refused_before_any_upload(server, submit_options, named):
     client = client_for(server.base_url)
     with pytest.raises(InvalidBatchInput, match=named):
         client.submit(completions(2), endpoint="/v1/completions", **submit_options)
