@@ -10,6 +10,11 @@ Registered for every test in `tests/conftest.py`:
 - `client`: an openai SDK client for `shared_batch_server` (no retries).
 - `webhook_receiver`: a loopback HTTP endpoint recording the JSON POSTed to it
   (`.url`, `.events`, `.wait_for(count)`).
+- `provider_server`: a fresh server taking `api_key="test-key"`; `proxy_to(**behaviour)`
+  starts a misbehaving `LoopbackProxy` in front of it (see tests/loopback_proxy.py);
+  `completions(n)` builds n completions request rows for them.
+- `no_provider_env` (no INFERENCE_API_KEY / INFERENCE_BASE_URL) and `local_state_dir`: the
+  machine-wide local server, started in the test's own state dir and stopped after it.
 - `openapi_validate(instance, schema_name)`: validates against the OpenAI spec in
   `../shared/reference/`; where the spec is absent it checks nothing and warns (once, naming
   the path), and the rest of each test still runs.
@@ -21,7 +26,9 @@ may name no webhook delivery to another host.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import threading
 import time
 import warnings
@@ -32,9 +39,12 @@ from typing import Any
 
 import openai
 import orjson
+import pandas as pd
 import pytest
 
+from dagster_inference_batch.embedded_server import STATE_DIR_ENV
 from dagster_inference_batch.local_server import LocalBatchServer
+from tests.loopback_proxy import LoopbackProxy
 
 SHARED_API_KEY = "test-key"
 FAST_OPTIONS: dict[str, Any] = {"validating_seconds": 0.05, "finalizing_seconds": 0.05}
@@ -78,6 +88,53 @@ def shared_batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
     with server:
         yield server
     assert_stayed_on_loopback(server)
+
+
+@pytest.fixture
+def provider_server(batch_server: Callable[..., LocalBatchServer]) -> LocalBatchServer:
+    return batch_server(api_key=SHARED_API_KEY)
+
+
+@pytest.fixture
+def proxy_to(provider_server: LocalBatchServer) -> Iterator[Callable[..., LoopbackProxy]]:
+    proxies: list[LoopbackProxy] = []
+
+    def start(**behaviour: Any) -> LoopbackProxy:
+        proxy = LoopbackProxy(str(provider_server.base_url), **behaviour)
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def completions(n: int) -> pd.DataFrame:
+    """n completions request rows (custom_id, body) for the client."""
+    return pd.DataFrame(
+        {
+            "custom_id": [f"r{i}" for i in range(n)],
+            "body": [{"model": "m", "prompt": f"count {i}"} for i in range(n)],
+        }
+    )
+
+
+@pytest.fixture
+def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def local_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_provider_env: None
+) -> Iterator[Path]:
+    state_dir = tmp_path / "local-server"
+    monkeypatch.setenv(STATE_DIR_ENV, str(state_dir))
+    yield state_dir
+    state_file = state_dir / "server.json"
+    if state_file.exists():
+        os.kill(json.loads(state_file.read_text())["pid"], signal.SIGTERM)
 
 
 _WEBHOOK_LOG = re.compile(r"webhook to (\S+) failed")

@@ -4,36 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import pandas as pd
-import pytest
-
 from dagster_inference_batch import InferenceBatchClient
-from tests.loopback_proxy import LoopbackProxy
+from tests.server_fixtures import completions
 
 LISTINGS = [("GET", "/v1/batches"), ("GET", "/v1/files")]
-
-
-def completions(n: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "custom_id": [f"r{i}" for i in range(n)],
-            "body": [{"model": "m", "prompt": f"count {i}"} for i in range(n)],
-        }
-    )
-
-
-@pytest.fixture
-def proxy_to(batch_server):
-    proxies: list[LoopbackProxy] = []
-
-    def start(**behaviour) -> LoopbackProxy:
-        proxy = LoopbackProxy(batch_server(api_key="test-key").base_url, **behaviour)
-        proxies.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in proxies:
-        proxy.close()
 
 
 def test_client_works_without_list_endpoints(proxy_to, caplog):

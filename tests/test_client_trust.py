@@ -8,42 +8,13 @@ import logging
 import time
 
 import openai
-import pandas as pd
 import pytest
 
 from dagster_inference_batch import InferenceBatchClient, InvalidBatchInput
-from tests.loopback_proxy import LoopbackProxy
+from tests.server_fixtures import completions
 
 API_KEY = "test-key"
 LISTINGS = [("GET", "/v1/batches"), ("GET", "/v1/files")]
-
-
-def completions(n: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "custom_id": [f"r{i}" for i in range(n)],
-            "body": [{"model": "m", "prompt": f"count {i}"} for i in range(n)],
-        }
-    )
-
-
-@pytest.fixture
-def server(batch_server):
-    return batch_server(api_key=API_KEY)
-
-
-@pytest.fixture
-def proxy_to(server):
-    proxies: list[LoopbackProxy] = []
-
-    def start(**behaviour) -> LoopbackProxy:
-        proxy = LoopbackProxy(server.base_url, **behaviour)
-        proxies.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in proxies:
-        proxy.close()
 
 
 def client_for(base_url: str, **options) -> InferenceBatchClient:
@@ -60,7 +31,7 @@ def provider_holds(server) -> tuple[list, list]:
 # ----------------------------------------------------------------- idempotency
 
 
-def test_one_404_on_the_batch_listing_does_not_switch_idempotency_off(server, proxy_to):
+def test_one_404_on_the_batch_listing_does_not_switch_idempotency_off(provider_server, proxy_to):
     provider = proxy_to(refuse=[("GET", "/v1/batches")], refuse_times=1)
     inputs = completions(4)
     first = client_for(provider.base_url).submit(inputs, endpoint="/v1/completions")
@@ -68,11 +39,13 @@ def test_one_404_on_the_batch_listing_does_not_switch_idempotency_off(server, pr
     assert provider.refused == ["GET /v1/batches"]  # the hiccup happened, once
     assert again.batch_ids == first.batch_ids
     assert provider.batch_creates == 1
-    batches, _ = provider_holds(server)
+    batches, _ = provider_holds(provider_server)
     assert len(batches) == 1
 
 
-def test_the_same_job_twice_in_one_process_creates_its_batches_once(server, proxy_to, caplog):
+def test_the_same_job_twice_in_one_process_creates_its_batches_once(
+    provider_server, proxy_to, caplog
+):
     provider = proxy_to(refuse=LISTINGS)  # no listing at all, ever
     inputs = completions(6)
     caplog.set_level(logging.WARNING)
@@ -84,7 +57,7 @@ def test_the_same_job_twice_in_one_process_creates_its_batches_once(server, prox
     assert len(first.batch_ids) == 2
     assert again.batch_ids == first.batch_ids
     assert provider.batch_creates == 2  # one per shard, not per submit
-    batches, files = provider_holds(server)
+    batches, files = provider_holds(provider_server)
     assert len(batches) == 2
     assert len(files) == 2  # the second submit's uploads were not left behind
     assert first_client.idempotency == "degraded"
@@ -147,27 +120,29 @@ def test_an_output_file_missing_lines_is_downloaded_again(proxy_to):
         ({"webhook_url": "http://hooks.example.com/batch"}, "webhook_url"),
     ],
 )
-def test_what_the_provider_would_refuse_is_refused_before_any_upload(server, submit_options, named):
-    client = client_for(server.base_url)
+def test_what_the_provider_would_refuse_is_refused_before_any_upload(
+    provider_server, submit_options, named
+):
+    client = client_for(provider_server.base_url)
     with pytest.raises(InvalidBatchInput, match=named):
         client.submit(completions(2), endpoint="/v1/completions", **submit_options)
-    assert provider_holds(server) == ([], [])
+    assert provider_holds(provider_server) == ([], [])
 
 
-def test_an_unaccepted_completion_window_is_refused_before_any_upload(server):
-    client = client_for(server.base_url, completion_window="48h")
+def test_an_unaccepted_completion_window_is_refused_before_any_upload(provider_server):
+    client = client_for(provider_server.base_url, completion_window="48h")
     with pytest.raises(InvalidBatchInput, match="completion_window '48h'"):
         client.submit(completions(2), endpoint="/v1/completions")
     with pytest.raises(InvalidBatchInput, match="completion_window"):
         client.upload(completions(2), endpoint="/v1/completions")
-    assert provider_holds(server) == ([], [])
+    assert provider_holds(provider_server) == ([], [])
 
 
-def test_a_create_refused_after_upload_leaves_no_file_behind(server, proxy_to):
+def test_a_create_refused_after_upload_leaves_no_file_behind(provider_server, proxy_to):
     provider = proxy_to(refuse=[("POST", "/v1/batches")])
     client = client_for(provider.base_url, max_requests_per_batch=2)
     with pytest.raises(Exception, match="404"):
         client.submit(completions(4), endpoint="/v1/completions")
-    batches, files = provider_holds(server)
+    batches, files = provider_holds(provider_server)
     assert batches == []
     assert files == []

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 
@@ -17,23 +14,6 @@ from dagster_inference_batch import (
     ProviderNotConfigured,
 )
 from dagster_inference_batch.client import DEFAULT_BASE_URL
-from dagster_inference_batch.embedded_server import STATE_DIR_ENV
-
-
-@pytest.fixture
-def no_provider_env(monkeypatch):
-    for name in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def local_state_dir(tmp_path, monkeypatch, no_provider_env):
-    state_dir = tmp_path / "local-server"
-    monkeypatch.setenv(STATE_DIR_ENV, str(state_dir))
-    yield state_dir
-    state_file = state_dir / "server.json"
-    if state_file.exists():
-        os.kill(json.loads(state_file.read_text())["pid"], signal.SIGTERM)
 
 
 def test_explicit_base_url_wins(no_provider_env):

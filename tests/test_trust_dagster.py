@@ -4,9 +4,6 @@ and a step dies between the create and its materialization."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 from collections.abc import Iterator
 
 import dagster as dg
@@ -16,7 +13,6 @@ import pytest
 from dagster_inference_batch import InferenceBatchResource
 from dagster_inference_batch import assets as assets_module
 from dagster_inference_batch import client as client_module
-from dagster_inference_batch.embedded_server import STATE_DIR_ENV
 from tests.dagster_harness import Harness
 from tests.loopback_proxy import LoopbackProxy
 
@@ -29,21 +25,8 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-@pytest.fixture
-def own_shared_server_dir(tmp_path, monkeypatch):
-    """The machine-wide local server, but started in this test's own state dir."""
-    for name in ("INFERENCE_API_KEY", "INFERENCE_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    state_dir = tmp_path / "local-server"
-    monkeypatch.setenv(STATE_DIR_ENV, str(state_dir))
-    yield state_dir
-    state_file = state_dir / "server.json"
-    if state_file.exists():
-        os.kill(json.loads(state_file.read_text())["pid"], signal.SIGTERM)
-
-
 def test_every_materialization_on_the_local_server_says_its_answers_are_synthetic(
-    instance, own_shared_server_dir
+    instance, local_state_dir
 ):
     harness = Harness(instance, "", rows=3, resource=InferenceBatchResource(use_local_server=True))
     harness.submit()
