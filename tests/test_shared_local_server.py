@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from dagster_inference_batch.embedded_server import ensure_local_server
+from dagster_inference_batch.embedded_server import _exited, ensure_local_server
 
 LINE = {
     "custom_id": "a",
@@ -40,18 +40,6 @@ def _record(state_dir: Path, **changes: object) -> dict:
             state[key] = value
     (state_dir / "server.json").write_text(json.dumps(state))
     return state
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # the servers are children of this process
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture
@@ -86,7 +74,7 @@ def _assert_replaced(state_dir: Path, old: dict, caplog, why: str) -> dict:
     assert new["pid"] != old["pid"]
     assert new["base_url"] == new_url
     assert {"version", "code_path", "code_hash"} <= new.keys()
-    assert _gone(old["pid"])
+    assert _exited(old["pid"])  # reaps it too: the servers are children of this process
     messages = [r.getMessage() for r in caplog.records if r.name == "dagster_inference_batch"]
     assert [m for m in messages if "Replacing" in m and why in m], messages
     return new
