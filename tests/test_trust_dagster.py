@@ -67,6 +67,16 @@ def forget_this_process(monkeypatch) -> None:
         monkeypatch.setattr(client_module, "CREATED_IN_THIS_PROCESS", fresh)
 
 
+def two_shards_behind(instance: dg.DagsterInstance, provider: LoopbackProxy) -> Harness:
+    """Six rows in two shards, sent through `provider`."""
+    return Harness(
+        instance,
+        provider.base_url,
+        rows=6,
+        resource_options={"max_requests_per_batch": 3, "backoff_seconds": 0.01},
+    )
+
+
 def files_held(server) -> list:
     sdk = openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0)
     return list(sdk.files.list(purpose="batch").data)
@@ -75,12 +85,7 @@ def files_held(server) -> list:
 def test_an_input_file_step_that_dies_after_upload_is_rerun_without_a_second_upload(
     instance, no_listing_provider, monkeypatch
 ):
-    harness = Harness(
-        instance,
-        no_listing_provider.base_url,
-        rows=6,
-        resource_options={"max_requests_per_batch": 3, "backoff_seconds": 0.01},
-    )
+    harness = two_shards_behind(instance, no_listing_provider)
     recorded_metadata = assets_module.input_file_metadata
 
     def dies_before_recording(*args):
@@ -102,12 +107,7 @@ def test_an_input_file_step_that_dies_after_upload_is_rerun_without_a_second_upl
 def test_a_batch_step_that_dies_after_create_is_rerun_without_a_second_batch(
     instance, no_listing_provider, monkeypatch
 ):
-    harness = Harness(
-        instance,
-        no_listing_provider.base_url,
-        rows=6,
-        resource_options={"max_requests_per_batch": 3, "backoff_seconds": 0.01},
-    )
+    harness = two_shards_behind(instance, no_listing_provider)
     recorded_metadata = assets_module.batch_metadata
 
     def dies_before_recording(job):
