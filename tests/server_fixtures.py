@@ -1,6 +1,6 @@
 """Fixtures and helpers for tests that talk to the local Batch API server over HTTP.
 
-Registered for every test in `tests/conftest.py`:
+Registered for every test (and doctest) in the root `conftest.py`:
 
 - `batch_server(**options) -> LocalBatchServer`: a factory; each call starts a server in a
   fresh data dir (or `data_dir=...`) with fast phase delays unless overridden; all are
