@@ -1,0 +1,168 @@
+"""Every ``inference_batch/...`` metadata key the package writes or reads, declared once.
+
+Producers build an ``InferenceBatchMetadataSet`` and spread ``.to_metadata()`` into a
+materialization's, observation's or failure's metadata; readers call
+``InferenceBatchMetadataSet.extract(metadata)`` and get typed fields back. A key that is
+absent, or that holds another type (metadata written by another version), reads as
+None, so stored metadata is read leniently.
+
+Example:
+    >>> meta = InferenceBatchMetadataSet(status="completed", percent=100.0)
+    >>> meta.to_metadata()
+    {'inference_batch/status': 'completed', 'inference_batch/percent': 100.0}
+    >>> InferenceBatchMetadataSet.extract(meta.to_metadata()).status
+    'completed'
+    >>> InferenceBatchMetadataSet.key("job")
+    'inference_batch/job'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import dagster as dg
+
+NAMESPACE = "inference_batch"
+
+_CHECKS: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "json": lambda v: isinstance(v, dict | list),
+    "timestamp": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "table": lambda v: isinstance(v, dg.TableMetadataValue),
+}
+_WRAP: dict[str, Any] = {
+    "json": dg.MetadataValue.json,
+    "timestamp": lambda v: dg.MetadataValue.timestamp(float(v)),
+}
+
+
+def _key(kind: str, about: str) -> Any:
+    """A metadata field of ``kind`` (see ``_CHECKS``), absent unless set."""
+    return field(default=None, metadata={"kind": kind, "about": about})
+
+
+@dataclass(frozen=True)
+class InferenceBatchMetadataSet:
+    """The typed ``inference_batch/...`` metadata of the pipeline's assets and runs.
+
+    Each field is one key, ``inference_batch/<field>``; fields left None are not
+    written. JSON fields (``job``, ``batch_ids``, ...) are written as
+    ``MetadataValue.json``, ``expires_at`` as a timestamp, ``preview`` as a table.
+
+    Example:
+        >>> InferenceBatchMetadataSet(request_count=3, batch_ids=["b1"]).to_metadata()
+        {'inference_batch/request_count': 3, 'inference_batch/batch_ids': JsonMetadataValue(data=['b1'])}
+    """
+
+    # the recorded job (read back by every step and the sensor) and the links to it
+    job: dict[str, Any] | None = _key("json", "the BatchJob as JSON (input file, batch)")
+    job_key: str | None = _key("str", "the joined job's idempotency key (results)")
+    collected_storage_id: int | None = _key("int", "the batch materialization joined (results)")
+    cancel_requested: bool | None = _key("bool", "a user's cancel (batch)")
+    unreadable_job: str | None = _key("str", "why a recorded job cannot be read (failure)")
+    # what was sent, and where
+    provider: str | None = _key("str", "the base URL, or the local server's notice")
+    idempotency: str | None = _key("str", "how the batch lookup was made: listing/ledger/degraded")
+    endpoint: str | None = _key("str", "the Batch API endpoint of the requests")
+    request_count: int | None = _key("int", "request lines submitted")
+    shard_count: int | None = _key("int", "files / batches the lines were split into")
+    bytes: int | None = _key("int", "JSONL bytes uploaded")
+    sha256: str | None = _key("str", "hash of the request lines")
+    file_ids: list[str] | None = _key("json", "uploaded input file ids")
+    batch_ids: list[str] | None = _key("json", "provider batch ids, every attempt")
+    preview: dg.TableMetadataValue | None = _key("table", "the first request or result rows")
+    ledger: dict[str, str] | None = _key("json", "an upload/batch/intent record {kind, key, id}")
+    # progress of the latest attempt
+    status: str | None = _key("str", "the job's status")
+    attempt: int | None = _key("int", "the latest attempt number")
+    completed: int | None = _key("int", "requests completed")
+    failed: int | None = _key("int", "requests (or result rows) failed")
+    total: int | None = _key("int", "requests in the latest attempt")
+    percent: float | None = _key("float", "share of the latest attempt done")
+    expires_at: float | None = _key("timestamp", "earliest expiry of the batches in flight")
+    errors: list[Any] | None = _key("json", "the provider's validation errors")
+    # results
+    succeeded: int | None = _key("int", "result rows succeeded")
+    expired: int | None = _key("int", "result rows expired")
+    cancelled: int | None = _key("int", "result rows cancelled")
+    missing: int | None = _key("int", "result rows with no answer line")
+    attempts: int | None = _key("int", "attempts the results span")
+    input_tokens: int | None = _key("int", "prompt tokens over the results")
+    output_tokens: int | None = _key("int", "completion tokens over the results")
+    total_tokens: int | None = _key("int", "all tokens over the results")
+    seconds_to_final: float | None = _key("float", "first submission to the last final state")
+    cost_usd: float | None = _key("float", "estimated cost")
+    upstream_changed: dict[str, Any] | None = _key("json", "rows changed since submission")
+    # what the package did on its own
+    superseded: list[Any] | None = _key("json", "batches a newer submission replaced")
+    cancelled_batch_ids: list[str] | None = _key("json", "batches a cancel stopped")
+    partition_missing: bool | None = _key("bool", "the partition was deleted (orphan cancel)")
+    results_gave_up: list[str] | None = _key("json", "results runs given up on")
+
+    @staticmethod
+    def key(name: str) -> str:
+        """The metadata key of field ``name``.
+
+        Args:
+            name: a field of this class.
+
+        Returns:
+            ``inference_batch/<name>``.
+
+        Raises:
+            KeyError: ``name`` is not a field.
+
+        Example:
+            >>> InferenceBatchMetadataSet.key("percent")
+            'inference_batch/percent'
+        """
+        if name not in _KINDS:
+            raise KeyError(f"no inference_batch metadata field {name!r}")
+        return f"{NAMESPACE}/{name}"
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The fields that are set, keyed ``inference_batch/<field>``, ready for Dagster.
+
+        Returns:
+            A dict to spread into ``metadata=`` of a materialization or observation.
+        """
+        metadata = {}
+        for name, kind in _KINDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                metadata[f"{NAMESPACE}/{name}"] = _WRAP.get(kind, _same)(value)
+        return metadata
+
+    @classmethod
+    def extract(cls, metadata: Mapping[str, Any] | None) -> InferenceBatchMetadataSet:
+        """The fields found in ``metadata`` (an event's metadata, values wrapped or not).
+
+        Args:
+            metadata: a materialization's or observation's ``metadata``, or None.
+
+        Returns:
+            An ``InferenceBatchMetadataSet``; a key absent or of another type reads None.
+
+        Example:
+            >>> InferenceBatchMetadataSet.extract({"inference_batch/attempt": "2"}).attempt is None
+            True
+        """
+        found = {}
+        for name, kind in _KINDS.items():
+            raw = (metadata or {}).get(f"{NAMESPACE}/{name}")
+            value = raw.value if isinstance(raw, dg.MetadataValue) else raw
+            if value is not None and _CHECKS[kind](value):
+                found[name] = value
+        return cls(**found)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_KINDS: dict[str, str] = {f.name: f.metadata["kind"] for f in fields(InferenceBatchMetadataSet)}
