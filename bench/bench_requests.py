@@ -20,7 +20,7 @@ import orjson
 import pandas as pd
 from machine import describe_machine
 
-from dagster_inference_batch.requests import build_requests, shard_requests, write_jsonl
+from dagster_inference_batch.request_lines import build_requests, shard_requests, write_jsonl
 
 MODEL = "meta-llama/llama-3.1-8b-instruct/fp-8"
 MAX_TOKENS = 256

@@ -19,7 +19,7 @@ from .errors import (
     ProviderNotConfigured,
 )
 from .job import BatchJob, BatchShard
-from .requests import EncodedRequests, build_requests
+from .request_lines import EncodedRequests, build_requests
 
 if TYPE_CHECKING:
     from .assets import InferenceBatchDefinitions, build_inference_batch_assets

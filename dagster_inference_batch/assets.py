@@ -23,7 +23,7 @@ from .collect import build_results_asset
 from .content import ContentParser
 from .event_ledger import EventLogLedger
 from .metadata import KINDS, batch_metadata, input_file_metadata
-from .requests import CHAT_ENDPOINT, build_requests
+from .request_lines import CHAT_ENDPOINT, build_requests
 from .resource import InferenceBatchResource
 from .sensor import (
     DEFAULT_BUDGET_SECONDS,

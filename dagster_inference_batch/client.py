@@ -41,7 +41,7 @@ from .idempotency import (
 )
 from .job import BatchJob, BatchShard
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
-from .requests import (
+from .request_lines import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_REQUESTS,
     EncodedRequests,

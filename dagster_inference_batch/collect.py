@@ -23,7 +23,7 @@ from .client import InferenceBatchClient
 from .content import ContentParser, parse_content_columns
 from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
 from .metadata import KINDS, results_metadata, token_usage
-from .requests import build_requests
+from .request_lines import build_requests
 from .resource import InferenceBatchResource
 from .row_changes import compare_lines
 from .state import RecordedJob, latest_job, next_action, partition_of

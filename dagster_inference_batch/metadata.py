@@ -14,7 +14,7 @@ import orjson
 import pandas as pd
 
 from .job import BatchJob
-from .requests import EncodedRequests
+from .request_lines import EncodedRequests
 from .state import COLLECTED_JOB_KEY, COLLECTED_KEY, JOB_KEY, RecordedJob
 
 KINDS = {"inference"}  # the kind tag every pipeline asset carries

@@ -23,7 +23,7 @@ from .client import (
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
 from .embedded_server import ensure_local_server
 from .errors import ProviderNotConfigured
-from .requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
+from .request_lines import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES
 
 LOCAL_PROVIDER = "local (synthetic answers)"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from dagster_inference_batch.errors import InvalidBatchInput
-from dagster_inference_batch.requests import (
+from dagster_inference_batch.request_lines import (
     CHAT_ENDPOINT,
     COMPLETIONS_ENDPOINT,
     EncodedRequests,

@@ -1,0 +1,294 @@
+"""Request lines built from a DataFrame, one per row: from prompts, messages or bodies.
+
+Prompts take a fast path: the line is encoded once as a template and each row's JSON
+is spliced in as bytes. Messages and ready bodies go through the generic checks of
+:func:`encode_requests`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from .encode import encode_numbered_lines
+from .encoded import EncodedRequests
+from .validate import (
+    CHAT_ENDPOINT,
+    DEFAULT_MAX_LINE_BYTES,
+    MISSING_ID,
+    Problems,
+    check_custom_ids,
+    check_endpoint,
+    check_line_sizes,
+    check_prompt_source,
+    column_ids,
+    custom_id_problem,
+    dumps_checked,
+    invalid_text,
+    where,
+)
+from .write import CHUNK_LINES
+
+MessagesFn = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+def _body_params(
+    *,
+    endpoint: str,
+    model: str | None,
+    prompt_column: str | None,
+    messages: MessagesFn | None,
+    body_column: str | None,
+    system_prompt: str | None,
+    body_params: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The keys every body gets, after checking the options go together."""
+    check_endpoint(endpoint)
+    if messages is not None and endpoint != CHAT_ENDPOINT:
+        raise ValueError(f"messages= builds chat requests; the endpoint is {endpoint!r}")
+    if system_prompt is not None and (prompt_column is None or endpoint != CHAT_ENDPOINT):
+        raise ValueError("system_prompt goes with prompt_column on the chat endpoint")
+    params = dict(body_params or {})
+    content_key = "messages" if endpoint == CHAT_ENDPOINT else "prompt"
+    if body_column is None and content_key in params:
+        raise ValueError(f"body_params may not set {content_key!r}: it is built per row")
+    if model is not None:
+        params["model"] = model
+    return params
+
+
+def _check_frame(
+    df: pd.DataFrame,
+    id_column: str,
+    content_column: str | None,
+    body_column: str | None,
+    params: dict[str, Any],
+) -> None:
+    """Raise what is wrong with the DataFrame as a whole (columns, rows, model)."""
+    problems = Problems()
+    for column, role in ((id_column, "id"), (content_column, "content")):
+        if column is not None and column not in df.columns:
+            problems.add(f"missing {role} column {column!r}; columns: {list(df.columns)}")
+    if body_column is None and not (isinstance(params.get("model"), str) and params["model"]):
+        problems.add("body lacks a string model: pass model=... or body_params={'model': ...}")
+    if len(df) == 0:
+        problems.add("no request lines: the DataFrame is empty")
+    problems.raise_if_any()
+
+
+def _check_prompts(prompts: pd.Series, ids: list[Any], problems: Problems) -> None:
+    def describe(i: int) -> str:
+        value = prompts.iloc[i]
+        if isinstance(value, str):
+            rule = "empty prompt"
+        elif custom_id_problem(value) == MISSING_ID:  # None, NaN or pd.NA
+            rule = "empty prompt (missing value)"
+        else:
+            rule = f"prompt must be a string, got {type(value).__name__}"
+        return f"{where(i + 1, ids[i])}: {rule}"
+
+    problems.add_rows(invalid_text(prompts), describe, range(1, len(prompts) + 1))
+
+
+def _placeholder() -> str:
+    return f"@@{uuid.uuid4().hex}@@"
+
+
+def _json_strings(values: list[str], start: int, ids: list[str], problems: Problems) -> list[bytes]:
+    """JSON-escaped contents (no quotes) of non-empty strings, from one orjson call.
+
+    In compact JSON a list of strings splits exactly at ``","``: inside a string every
+    quote is escaped, so ``"`` preceded by ``,`` only opens the next element.
+    """
+    try:
+        return orjson.dumps(values)[2:-2].split(b'","')
+    except orjson.JSONEncodeError:  # lone surrogates: report each one
+        return [
+            (dumps_checked(v, f"{where(i + 1, ids[i])}: text", problems, i + 1) or b"")[1:-1]
+            for i, v in enumerate(values, start)
+        ]
+
+
+def _line_template(
+    endpoint: str, body: dict[str, Any], system_prompt: str | None, problems: Problems
+) -> tuple[bytes, bytes, bytes] | None:
+    """The encoded line cut around its id and prompt: ``head + id + middle + prompt + tail``."""
+    id_mark, prompt_mark = _placeholder(), _placeholder()
+    params = {k: v for k, v in body.items() if k != "model"}
+    if endpoint == CHAT_ENDPOINT:
+        messages = [{"role": "user", "content": prompt_mark}]
+        if system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        body = {"model": body["model"], "messages": messages, **params}
+    else:
+        body = {"model": body["model"], "prompt": prompt_mark, **params}
+    template = dumps_checked(
+        {"custom_id": id_mark, "method": "POST", "url": endpoint, "body": body},
+        "body_params",
+        problems,
+        0,
+    )
+    if template is None:
+        return None
+    head, rest = template.split(id_mark.encode())
+    middle, tail = rest.split(prompt_mark.encode())
+    return head, middle, tail
+
+
+def _prompt_lines(
+    ids: list[str],
+    prompts: pd.Series,
+    endpoint: str,
+    body: dict[str, Any],
+    system_prompt: str | None,
+    max_line_bytes: int,
+    problems: Problems,
+) -> list[bytes]:
+    """The fast path: per-row JSON spliced into the line template as bytes.
+
+    Works in chunks so the intermediate objects (prompts as Python str, their JSON) stay
+    few and their memory is reused: fresh memory is what costs most here.
+    """
+    template = _line_template(endpoint, body, system_prompt, problems)
+    if template is None:
+        return []
+    head, middle, tail = template
+    lines: list[bytes] = []
+    for start in range(0, len(ids), CHUNK_LINES):
+        chunk = slice(start, start + CHUNK_LINES)
+        id_json = _json_strings(ids[chunk], start, ids, problems)
+        prompt_json = _json_strings(prompts.iloc[chunk].tolist(), start, ids, problems)
+        new = [head + i + middle + p + tail for i, p in zip(id_json, prompt_json, strict=True)]
+        check_line_sizes(new, start, ids, max_line_bytes, problems)  # while the chunk is hot
+        lines += new
+    return lines
+
+
+def _from_prompts(
+    df: pd.DataFrame,
+    id_column: str,
+    prompt_column: str,
+    endpoint: str,
+    params: dict[str, Any],
+    system_prompt: str | None,
+    max_line_bytes: int,
+) -> EncodedRequests:
+    """Lines whose content is one prompt per row (the fast path)."""
+    problems = Problems()
+    ids = column_ids(df[id_column])
+    id_col = df[id_column]
+    bad = invalid_text(id_col) if isinstance(id_col.dtype, pd.StringDtype) else None
+    check_custom_ids(ids, problems, range(1, len(ids) + 1), bad)
+    prompts = df[prompt_column]
+    _check_prompts(prompts, ids, problems)
+    problems.raise_if_any()  # from here on every id and prompt is a non-empty str
+    lines = _prompt_lines(ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems)
+    problems.raise_if_any()
+    return EncodedRequests(endpoint, ids, lines, [params["model"]] * len(lines))
+
+
+def _bodies_from_messages(
+    df: pd.DataFrame, ids: list[Any], messages: MessagesFn, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One chat body per row from ``messages(row)``; raises if one returns no messages."""
+    problems = Problems()
+    bodies = []
+    for line, row in enumerate(df.to_dict("records"), 1):
+        built = messages(row)
+        if not isinstance(built, list) or not built:
+            problems.add(
+                f"{where(line, ids[line - 1])}: messages function returned "
+                f"{type(built).__name__}, not a non-empty list",
+                line,
+            )
+        bodies.append({**params, "messages": built})
+    problems.raise_if_any()
+    return bodies
+
+
+def build_requests(
+    df: pd.DataFrame,
+    *,
+    id_column: str = "custom_id",
+    endpoint: str = CHAT_ENDPOINT,
+    model: str | None = None,
+    prompt_column: str | None = None,
+    messages: MessagesFn | None = None,
+    body_column: str | None = None,
+    system_prompt: str | None = None,
+    body_params: Mapping[str, Any] | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> EncodedRequests:
+    """Build validated request lines from a DataFrame, one per row.
+
+    Give exactly one source of content: ``prompt_column``, ``messages`` or
+    ``body_column`` (see :func:`check_prompt_source`).
+
+    Args:
+        df: The rows, one request each.
+        id_column: Column of ids: strings, or integers that become decimal strings.
+        endpoint: The url every line posts to, one of ``ENDPOINTS``.
+        model: The ``model`` of every body.
+        prompt_column: Column of prompt strings: the user message for chat, the
+            ``prompt`` for completions.
+        messages: Function of the row as a dict returning its chat messages.
+        body_column: Column of ready body dicts; their own keys win over ``model``
+            and ``body_params``.
+        system_prompt: A system message before each prompt (chat, with
+            ``prompt_column`` only).
+        body_params: Keys for every body (``max_tokens``, ``temperature``,
+            ``response_format``, ...).
+        max_line_bytes: The largest encoded line allowed, newline excluded.
+
+    Returns:
+        The validated lines, in row order.
+
+    Raises:
+        ValueError: If the options do not go together (not exactly one content
+            source, ``messages`` or ``system_prompt`` off the chat endpoint,
+            ``body_params`` setting the per-row content).
+        InvalidBatchInput: Naming each bad row (1-based line number, ``custom_id``):
+            a missing column or model, no rows, a missing, empty or duplicate id, an
+            empty prompt, NaN or infinity, a line over ``max_line_bytes``.
+
+    Example:
+        >>> df = pd.DataFrame({"custom_id": ["a", "b"], "prompt": ["Hi", "Bye"]})
+        >>> enc = build_requests(df, model="m", prompt_column="prompt",
+        ...                      body_params={"max_tokens": 8})
+        >>> enc.lines[1]
+        b'{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"Bye"}],"max_tokens":8}}'
+        >>> enc = build_requests(df, model="m", messages=lambda row: [
+        ...     {"role": "system", "content": "Be brief."},
+        ...     {"role": "user", "content": row["prompt"]}])
+        >>> enc.custom_ids, len(enc)
+        (['a', 'b'], 2)
+    """
+    check_prompt_source(prompt_column=prompt_column, messages=messages, body_column=body_column)
+    params = _body_params(
+        endpoint=endpoint,
+        model=model,
+        prompt_column=prompt_column,
+        messages=messages,
+        body_column=body_column,
+        system_prompt=system_prompt,
+        body_params=body_params,
+    )
+    _check_frame(df, id_column, prompt_column or body_column, body_column, params)
+    if prompt_column is not None:
+        return _from_prompts(
+            df, id_column, prompt_column, endpoint, params, system_prompt, max_line_bytes
+        )
+    ids = column_ids(df[id_column])
+    if body_column is not None:
+        bodies = [
+            {**params, **body} if isinstance(body, Mapping) else body
+            for body in df[body_column].tolist()
+        ]
+    else:
+        bodies = _bodies_from_messages(df, ids, messages, params)  # type: ignore[arg-type]
+    requests = [{"custom_id": i, "body": body} for i, body in zip(ids, bodies, strict=True)]
+    return encode_numbered_lines(list(enumerate(requests, 1)), endpoint, max_line_bytes)
