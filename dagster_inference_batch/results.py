@@ -1,4 +1,7 @@
-"""Batch results: parse output and error files, classify each line, merge attempts, join.
+"""Batch results: parse output and error files and classify each line.
+
+Merging attempts and joining to the requests live in ``result_join.py``; its public
+functions are importable from here too (``collect_results`` does both in one pass).
 
 Output lines look like ``{"id", "custom_id", "response": {"status_code", "request_id",
 "body": {...}}, "error": null}`` and error-file lines like ``{"id", "custom_id",
@@ -10,18 +13,41 @@ the openai SDK.
 from __future__ import annotations
 
 import gc
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from .result_join import (
+    RETRYABLE_ERROR_CODES,
+    RETRYABLE_STATUS_CODES,
+    join_results,
+    join_table,
+    leftover_custom_ids,
+    mark_unanswered,
+    merge_attempts,
+    to_frame,
+    with_inputs,
+)
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "RETRYABLE_ERROR_CODES",
+    "RETRYABLE_STATUS_CODES",
+    "STATUSES",
+    "ResultFile",
+    "collect_results",
+    "join_results",
+    "leftover_custom_ids",
+    "mark_unanswered",
+    "merge_attempts",
+    "parse_result_files",
+]
 
 RESULT_COLUMNS = [
     "custom_id",
@@ -39,10 +65,6 @@ RESULT_COLUMNS = [
     "status_code",
 ]
 STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing")
-RETRYABLE_STATUS_CODES = frozenset({408, 409, 429})
-RETRYABLE_ERROR_CODES = frozenset(
-    {"rate_limit_exceeded", "server_error", "internal_error", "timeout", "service_unavailable"}
-)
 
 _ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 _INT_COLUMNS = frozenset(
@@ -54,7 +76,14 @@ _BLOCK_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A downloaded output or error file of one batch attempt."""
+    """A downloaded output or error file of one batch attempt.
+
+    Args:
+        path: Where the file is on disk.
+        kind: ``output`` or ``error``.
+        batch_id: The batch that wrote it.
+        attempt: The job's attempt the batch belongs to.
+    """
 
     path: Path
     kind: Literal["output", "error"]
@@ -211,63 +240,6 @@ def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
     )
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow to pandas: text as pandas' ``str`` dtype, integers as nullable ``Int64``."""
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-
-
-def _table(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
-def _best_first(table: pa.Table) -> np.ndarray:
-    """Row positions ordered so that each custom_id's best row comes first: a success,
-    else the latest attempt, else the later row."""
-    succeeded = pc.fill_null(pc.equal(table["status"], "succeeded"), False).to_numpy()
-    attempt = pc.fill_null(table["attempt"], 0).to_numpy()
-    return np.lexsort((-np.arange(table.num_rows), -attempt, ~succeeded))
-
-
-def _lookup(keys: Any, wanted: pa.Array) -> pa.Array:
-    """For each wanted id, the position of its first occurrence in ``keys`` (or null)."""
-    value_set = pa.chunked_array(keys).combine_chunks() if not isinstance(keys, pa.Array) else keys
-    return pc.index_in(wanted, value_set=value_set.cast(pa.large_string()))
-
-
-def _winner_rows(table: pa.Table, wanted: pa.Array) -> pa.Array:
-    """For each wanted id, the position of its best row (null when it has none)."""
-    order = _best_first(table)
-    return pa.array(order).take(_lookup(table["custom_id"].take(order), wanted))
-
-
-def _joined(table: pa.Table, wanted: list[str]) -> pa.Table:
-    """One row per wanted id, in order; status ``missing`` where there is no row."""
-    ids = pa.array(wanted, pa.large_string())
-    joined = table.take(_winner_rows(table, ids))
-    joined = joined.set_column(joined.schema.get_field_index("custom_id"), "custom_id", ids)
-    status = pc.fill_null(joined["status"].cast(pa.large_string()), "missing")
-    return joined.set_column(joined.schema.get_field_index("status"), "status", status)
-
-
-def _with_inputs(
-    result: pd.DataFrame, wanted: list[str], inputs: pd.DataFrame | None, id_column: str
-) -> pd.DataFrame:
-    """Append the input columns, row for row (``_input`` suffix on clashing names)."""
-    if inputs is None:
-        return result
-    keys = inputs[id_column].astype(str).tolist()
-    if len(set(keys)) < len(keys):
-        dup = next(k for k, n in Counter(keys).items() if n > 1)
-        raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
-    extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
-    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result.columns})
-    extra = extra.reset_index(drop=True)
-    if keys != wanted:
-        rows = _lookup(pa.array(keys, pa.large_string()), pa.array(wanted, pa.large_string()))
-        extra = extra.reindex(rows.fill_null(-1).to_numpy()).reset_index(drop=True)
-    return pd.concat([result, extra], axis=1)
-
-
 def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
     """Parse output and error files into one row per result line (``RESULT_COLUMNS``).
 
@@ -275,6 +247,15 @@ def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
     (``batch_expired``), ``cancelled`` (``batch_cancelled``) or ``failed`` (any other
     error, or ``error: null`` with a status code of 400 or more: the code and message
     then come from ``response.body.error``). No files gives an empty frame.
+
+    Args:
+        files: The downloaded files, read in this order.
+
+    Returns:
+        One row per line, ``RESULT_COLUMNS``, with each file's ``batch_id`` and ``attempt``.
+
+    Raises:
+        ValueError: A line is not a batch result (naming the file and line number).
 
     Example:
         >>> import tempfile, os
@@ -285,50 +266,7 @@ def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
         ...     ["custom_id", "status", "error_code"]].values.tolist()
         [['a', 'expired', 'batch_expired']]
     """
-    return _frame(_parse_table(files))
-
-
-def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``custom_id``: a success beats anything, otherwise the latest attempt.
-
-    Ties (the same id twice in one attempt) go to the later row. Rows keep the order in
-    which they were parsed.
-
-    Example:
-        >>> rows = pd.DataFrame({"custom_id": ["a", "a"], "status": ["expired", "succeeded"],
-        ...                      "attempt": [1, 2]})
-        >>> merge_attempts(rows).status.tolist()
-        ['succeeded']
-    """
-    if frame["custom_id"].is_unique:
-        return frame
-    table = _table(frame)
-    rows = _winner_rows(table, pc.unique(table["custom_id"]).cast(pa.large_string()))
-    return frame.take(np.sort(rows.to_numpy())).reset_index(drop=True)
-
-
-def join_results(
-    frame: pd.DataFrame,
-    custom_ids: Sequence[str],
-    inputs: pd.DataFrame | None = None,
-    id_column: str = "custom_id",
-) -> pd.DataFrame:
-    """Exactly one row per requested ``custom_id``, in that order.
-
-    Attempts are merged as in :func:`merge_attempts`. Ids never answered get status
-    ``missing``; ids not requested are dropped. With ``inputs`` their columns are
-    appended, matched on ``inputs[id_column]`` cast to str (the id column itself is not
-    repeated when it is ``custom_id``; a column named like a result column gets the
-    suffix ``_input``).
-
-    Example:
-        >>> rows = pd.DataFrame({"custom_id": ["b", "x"], "status": ["succeeded"] * 2,
-        ...                      "attempt": [1, 1]})
-        >>> join_results(rows, ["a", "b"]).status.tolist()
-        ['missing', 'succeeded']
-    """
-    wanted = list(custom_ids)
-    return _with_inputs(_frame(_joined(_table(frame), wanted)), wanted, inputs, id_column)
+    return to_frame(_parse_table(files))
 
 
 def collect_results(
@@ -341,71 +279,21 @@ def collect_results(
 
     Faster than the two calls: rows are picked in Arrow before any DataFrame is built.
 
+    Args:
+        files: The downloaded output and error files of every attempt.
+        custom_ids: The requested ids; one row each, in this order.
+        inputs: Rows whose columns are appended, matched on ``inputs[id_column]``.
+        id_column: The column of ``inputs`` holding the ids.
+
+    Returns:
+        One row per requested id (see ``join_results``).
+
+    Raises:
+        ValueError: An unreadable line, or ``inputs`` repeating an id.
+
     Example:
         >>> collect_results([], ["a"]).status.tolist()
         ['missing']
     """
     wanted = list(custom_ids)
-    return _with_inputs(_frame(_joined(_parse_table(files), wanted)), wanted, inputs, id_column)
-
-
-def leftover_custom_ids(
-    frame: pd.DataFrame, custom_ids: Sequence[str], include_failed: bool = False
-) -> list[str]:
-    """Requested ids still to run: merged status expired, cancelled or missing.
-
-    With ``include_failed`` retryable failures join them: status code 408, 409, 429 or
-    5xx, or an error code such as ``rate_limit_exceeded`` or ``server_error``.
-
-    Example:
-        >>> rows = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "expired"],
-        ...                      "attempt": [1, 1], "error_code": [None, "batch_expired"],
-        ...                      "status_code": [200, None]})
-        >>> leftover_custom_ids(rows, ["a", "b", "c"])
-        ['b', 'c']
-    """
-    joined = join_results(frame, custom_ids)
-    status = joined["status"]
-    leftover = status.isin(["expired", "cancelled", "missing"])
-    if include_failed:
-        code = pd.to_numeric(joined["status_code"], errors="coerce")
-        retryable = (
-            code.isin(list(RETRYABLE_STATUS_CODES))
-            | (code >= 500)
-            | joined["error_code"].isin(list(RETRYABLE_ERROR_CODES))
-        )
-        leftover |= (status == "failed") & retryable
-    return joined.loc[leftover, "custom_id"].tolist()
-
-
-_ENDED_ERROR_CODES = {"expired": "batch_expired", "cancelled": "batch_cancelled"}
-
-
-def mark_unanswered(
-    frame: pd.DataFrame, owners: Mapping[str, tuple[str, str, int]]
-) -> pd.DataFrame:
-    """Give ``missing`` rows whose batch ended ``expired`` or ``cancelled`` that status.
-
-    ``owners`` maps a custom_id to (status, batch_id, attempt) of the batch that held it.
-    A batch stopped before it processed anything may write no error file at all; its
-    requests were not lost, they were never run.
-
-    Example:
-        >>> rows = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "missing"],
-        ...     "error_code": [None, None], "error_message": [None, None],
-        ...     "batch_id": ["b1", None], "attempt": pd.array([1, None], dtype="Int64")})
-        >>> mark_unanswered(rows, {"b": ("cancelled", "b1", 1)})["status"].tolist()
-        ['succeeded', 'cancelled']
-    """
-    owned = frame["custom_id"].map(lambda custom_id: owners.get(custom_id))
-    rows = (frame["status"] == "missing") & owned.notna()
-    if not rows.any():
-        return frame
-    frame = frame.copy()
-    status = owned[rows].map(lambda owner: owner[0])
-    frame.loc[rows, "status"] = status
-    frame.loc[rows, "error_code"] = status.map(_ENDED_ERROR_CODES)
-    frame.loc[rows, "error_message"] = "not run: the batch ended " + status
-    frame.loc[rows, "batch_id"] = owned[rows].map(lambda owner: owner[1])
-    frame.loc[rows, "attempt"] = owned[rows].map(lambda owner: owner[2]).astype("Int64")
-    return frame
+    return with_inputs(to_frame(join_table(_parse_table(files), wanted)), wanted, inputs, id_column)

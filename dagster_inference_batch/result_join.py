@@ -1,0 +1,219 @@
+"""Parsed results merged and joined: one row per request, in the requests' order.
+
+A request answered in several attempts keeps its best row (a success, else the latest
+attempt); a request never answered gets status ``missing``; the rows the requests were
+built from can be appended. Also which requests are left to run again, and the status an
+unanswered request of an ended batch takes. Works on Arrow tables and pandas frames;
+reading the files is ``results.py``'s job.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+RETRYABLE_STATUS_CODES = frozenset({408, 409, 429})
+RETRYABLE_ERROR_CODES = frozenset(
+    {"rate_limit_exceeded", "server_error", "internal_error", "timeout", "service_unavailable"}
+)
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Arrow to pandas: text as pandas' ``str`` dtype, integers as nullable ``Int64``."""
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def _table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _best_first(table: pa.Table) -> np.ndarray:
+    """Row positions ordered so that each custom_id's best row comes first: a success,
+    else the latest attempt, else the later row."""
+    succeeded = pc.fill_null(pc.equal(table["status"], "succeeded"), False).to_numpy()
+    attempt = pc.fill_null(table["attempt"], 0).to_numpy()
+    return np.lexsort((-np.arange(table.num_rows), -attempt, ~succeeded))
+
+
+def _lookup(keys: Any, wanted: pa.Array) -> pa.Array:
+    """For each wanted id, the position of its first occurrence in ``keys`` (or null)."""
+    value_set = pa.chunked_array(keys).combine_chunks() if not isinstance(keys, pa.Array) else keys
+    return pc.index_in(wanted, value_set=value_set.cast(pa.large_string()))
+
+
+def _winner_rows(table: pa.Table, wanted: pa.Array) -> pa.Array:
+    """For each wanted id, the position of its best row (null when it has none)."""
+    order = _best_first(table)
+    return pa.array(order).take(_lookup(table["custom_id"].take(order), wanted))
+
+
+def join_table(table: pa.Table, wanted: list[str]) -> pa.Table:
+    """One row per wanted id, in order; status ``missing`` where there is no row."""
+    ids = pa.array(wanted, pa.large_string())
+    joined = table.take(_winner_rows(table, ids))
+    joined = joined.set_column(joined.schema.get_field_index("custom_id"), "custom_id", ids)
+    status = pc.fill_null(joined["status"].cast(pa.large_string()), "missing")
+    return joined.set_column(joined.schema.get_field_index("status"), "status", status)
+
+
+def with_inputs(
+    result: pd.DataFrame, wanted: list[str], inputs: pd.DataFrame | None, id_column: str
+) -> pd.DataFrame:
+    """Append the input columns, row for row (``_input`` suffix on clashing names)."""
+    if inputs is None:
+        return result
+    keys = inputs[id_column].astype(str).tolist()
+    if len(set(keys)) < len(keys):
+        dup = next(k for k, n in Counter(keys).items() if n > 1)
+        raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
+    extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
+    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result.columns})
+    extra = extra.reset_index(drop=True)
+    if keys != wanted:
+        rows = _lookup(pa.array(keys, pa.large_string()), pa.array(wanted, pa.large_string()))
+        extra = extra.reindex(rows.fill_null(-1).to_numpy()).reset_index(drop=True)
+    return pd.concat([result, extra], axis=1)
+
+
+def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``custom_id``: a success beats anything, otherwise the latest attempt.
+
+    Ties (the same id twice in one attempt) go to the later row. Rows keep the order in
+    which they were parsed.
+
+    Args:
+        frame: Parsed rows with at least ``custom_id``, ``status`` and ``attempt``.
+
+    Returns:
+        The winning row of each ``custom_id``.
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["a", "a"], "status": ["expired", "succeeded"],
+        ...                      "attempt": [1, 2]})
+        >>> merge_attempts(rows).status.tolist()
+        ['succeeded']
+    """
+    if frame["custom_id"].is_unique:
+        return frame
+    table = _table(frame)
+    rows = _winner_rows(table, pc.unique(table["custom_id"]).cast(pa.large_string()))
+    return frame.take(np.sort(rows.to_numpy())).reset_index(drop=True)
+
+
+def join_results(
+    frame: pd.DataFrame,
+    custom_ids: Sequence[str],
+    inputs: pd.DataFrame | None = None,
+    id_column: str = "custom_id",
+) -> pd.DataFrame:
+    """Exactly one row per requested ``custom_id``, in that order.
+
+    Attempts are merged as in :func:`merge_attempts`. Ids never answered get status
+    ``missing``; ids not requested are dropped. With ``inputs`` their columns are
+    appended, matched on ``inputs[id_column]`` cast to str (the id column itself is not
+    repeated when it is ``custom_id``; a column named like a result column gets the
+    suffix ``_input``).
+
+    Args:
+        frame: Parsed rows (``results.parse_result_files``).
+        custom_ids: The requested ids; one row each, in this order.
+        inputs: Rows whose columns are appended.
+        id_column: The column of ``inputs`` holding the ids.
+
+    Returns:
+        One row per requested id.
+
+    Raises:
+        ValueError: ``inputs`` repeats an id.
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["b", "x"], "status": ["succeeded"] * 2,
+        ...                      "attempt": [1, 1]})
+        >>> join_results(rows, ["a", "b"]).status.tolist()
+        ['missing', 'succeeded']
+    """
+    wanted = list(custom_ids)
+    return with_inputs(to_frame(join_table(_table(frame), wanted)), wanted, inputs, id_column)
+
+
+def leftover_custom_ids(
+    frame: pd.DataFrame, custom_ids: Sequence[str], include_failed: bool = False
+) -> list[str]:
+    """Requested ids still to run: merged status expired, cancelled or missing.
+
+    With ``include_failed`` retryable failures join them: status code 408, 409, 429 or
+    5xx, or an error code such as ``rate_limit_exceeded`` or ``server_error``.
+
+    Args:
+        frame: Parsed rows of every attempt so far.
+        custom_ids: The requested ids.
+        include_failed: Also retryable failures.
+
+    Returns:
+        The ids to run again, in ``custom_ids`` order.
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "expired"],
+        ...                      "attempt": [1, 1], "error_code": [None, "batch_expired"],
+        ...                      "status_code": [200, None]})
+        >>> leftover_custom_ids(rows, ["a", "b", "c"])
+        ['b', 'c']
+    """
+    joined = join_results(frame, custom_ids)
+    status = joined["status"]
+    leftover = status.isin(["expired", "cancelled", "missing"])
+    if include_failed:
+        code = pd.to_numeric(joined["status_code"], errors="coerce")
+        retryable = (
+            code.isin(list(RETRYABLE_STATUS_CODES))
+            | (code >= 500)
+            | joined["error_code"].isin(list(RETRYABLE_ERROR_CODES))
+        )
+        leftover |= (status == "failed") & retryable
+    return joined.loc[leftover, "custom_id"].tolist()
+
+
+_ENDED_ERROR_CODES = {"expired": "batch_expired", "cancelled": "batch_cancelled"}
+
+
+def mark_unanswered(
+    frame: pd.DataFrame, owners: Mapping[str, tuple[str, str, int]]
+) -> pd.DataFrame:
+    """Give ``missing`` rows whose batch ended ``expired`` or ``cancelled`` that status.
+
+    A batch stopped before it processed anything may write no error file at all; its
+    requests were not lost, they were never run.
+
+    Args:
+        frame: Joined rows (one per request).
+        owners: custom_id -> (status, batch_id, attempt) of the ended batch that held it.
+
+    Returns:
+        ``frame`` with those rows' status, error code and message, batch and attempt set
+        (a copy when anything changed).
+
+    Example:
+        >>> rows = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "missing"],
+        ...     "error_code": [None, None], "error_message": [None, None],
+        ...     "batch_id": ["b1", None], "attempt": pd.array([1, None], dtype="Int64")})
+        >>> mark_unanswered(rows, {"b": ("cancelled", "b1", 1)})["status"].tolist()
+        ['succeeded', 'cancelled']
+    """
+    owned = frame["custom_id"].map(lambda custom_id: owners.get(custom_id))
+    rows = (frame["status"] == "missing") & owned.notna()
+    if not rows.any():
+        return frame
+    frame = frame.copy()
+    status = owned[rows].map(lambda owner: owner[0])
+    frame.loc[rows, "status"] = status
+    frame.loc[rows, "error_code"] = status.map(_ENDED_ERROR_CODES)
+    frame.loc[rows, "error_message"] = "not run: the batch ended " + status
+    frame.loc[rows, "batch_id"] = owned[rows].map(lambda owner: owner[1])
+    frame.loc[rows, "attempt"] = owned[rows].map(lambda owner: owner[2]).astype("Int64")
+    return frame
