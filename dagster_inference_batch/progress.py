@@ -1,0 +1,106 @@
+"""Following batches: refresh a job's shards from the provider, and cancel them.
+
+A final status is taken only once the batch's files agree with its counts
+(``consistency.absent_files``); ``FinalStateCheck`` remembers, per batch, since when it
+has not, and holds the status back as ``finalizing`` for a while.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+from .consistency import absent_files
+from .job import BatchJob, BatchShard
+from .provider_calls import ProviderCalls
+
+_FINAL_TIME_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
+
+
+def copy_job(job: BatchJob) -> BatchJob:
+    """A deep copy of ``job``, so that a call never changes the caller's record."""
+    return BatchJob.from_dict(dataclasses.asdict(job))
+
+
+def apply_batch(shard: BatchShard, batch: Any) -> None:
+    """Copy a provider batch object's state onto the shard."""
+    data = batch.model_dump() if hasattr(batch, "model_dump") else dict(batch)
+    shard.batch_id = data["id"]
+    shard.status = data["status"]
+    shard.request_counts = dict(data.get("request_counts") or {})
+    shard.output_file_id = data.get("output_file_id")
+    shard.error_file_id = data.get("error_file_id")
+    shard.errors = list((data.get("errors") or {}).get("data") or [])
+    usage = data.get("usage") or {}
+    shard.usage = {
+        k: int(usage[k]) for k in ("input_tokens", "output_tokens", "total_tokens") if k in usage
+    }
+    shard.created_at = data.get("created_at")
+    shard.expires_at = data.get("expires_at")
+    shard.finished_at = next((data[f] for f in _FINAL_TIME_FIELDS if data.get(f)), None)
+
+
+class FinalStateCheck:
+    """Holds back a final status whose files disagree with its counts, for a while.
+
+    Args:
+        log: Where the wait and the giving up are reported.
+    """
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        # When this client first saw a final batch whose files disagree with its counts.
+        self._unsettled_since: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def settle(self, shard: BatchShard, wait_seconds: float) -> None:
+        """Set the shard ``finalizing`` while its files lag its counts, for at most
+        ``wait_seconds`` after its final timestamp (or after first seen so)."""
+        absent = absent_files(shard)
+        batch_id = shard.batch_id or ""
+        if not absent:
+            self._unsettled_since.pop(batch_id, None)
+            return
+        with self._lock:
+            first_seen = self._unsettled_since.setdefault(batch_id, time.time())
+        waited = time.time() - min(first_seen, shard.finished_at or first_seen)
+        counts = shard.request_counts
+        said = (
+            f"batch {batch_id} is {shard.status} with {counts.get('completed', 0)} completed "
+            f"and {counts.get('failed', 0)} failed requests but no {' or '.join(absent)}"
+        )
+        if waited < wait_seconds:
+            self.log.info("%s yet; reading it again (waited %.0fs)", said, waited)
+            shard.status = "finalizing"
+            return
+        self.log.warning(
+            "%s after %.0fs; taking it as final: requests without a line count as missing",
+            said,
+            waited,
+        )
+
+
+def refresh_job(
+    provider: ProviderCalls, job: BatchJob, check: FinalStateCheck, wait_seconds: float
+) -> BatchJob:
+    """A copy of ``job`` with every unfinished shard's batch fetched again, concurrently."""
+    job = copy_job(job)
+    live = [s for s in job.shards if s.batch_id and not s.is_final]
+    batches = provider.map(lambda s: provider.retrieve_batch(s.batch_id), live)
+    for shard, batch in zip(live, batches, strict=True):
+        apply_batch(shard, batch)
+        check.settle(shard, wait_seconds)
+    return job
+
+
+def cancel_job(provider: ProviderCalls, job: BatchJob) -> BatchJob:
+    """A copy of ``job`` after asking the provider to cancel every unfinished batch."""
+    job = copy_job(job)
+    live = [s for s in job.current_shards if s.batch_id and not s.is_final]
+    batches = provider.map(lambda s: provider.cancel_batch(s.batch_id), live)
+    for shard, batch in zip(live, batches, strict=True):
+        apply_batch(shard, batch)
+    return job

@@ -1,0 +1,168 @@
+"""The provider as the client calls it: the openai SDK with this package's retries.
+
+``ProviderCalls`` holds what every part of the client shares: one retried call, listings a
+provider may lack (remembered per client), a bounded thread pool, the batch and file calls
+used by more than one part (retrieve, cancel, delete, list) and the ledger of what this
+process created. It knows nothing of jobs or shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import openai
+
+from .errors import BatchAPIError
+from .ledger import AccountLedger, Kind, Ledger
+from .retries import RetryPolicy
+
+T = TypeVar("T")
+BATCH_LISTING = "GET /batches"
+FILE_LISTING = "GET /files"
+# A listing answered 404 is asked once more before it counts as absent; these answers
+# say "not offered" outright.
+NOT_OFFERED = (405, 501)
+
+
+class ProviderCalls:
+    """One client's calls to the provider, retried by ``retry``.
+
+    Args:
+        sdk: The openai SDK client (its own retries off).
+        base_url: The provider's base URL, for log messages.
+        api_key: Redacted from every error message.
+        retry: The retry policy.
+        concurrency: At most this many calls at once in ``map``.
+        log: Where retries and notices go.
+        process_ledger: This process's record of created files and batches.
+    """
+
+    def __init__(
+        self,
+        sdk: openai.OpenAI,
+        *,
+        base_url: str,
+        api_key: str,
+        retry: RetryPolicy,
+        concurrency: int,
+        log: logging.Logger,
+        process_ledger: AccountLedger,
+    ) -> None:
+        self.sdk = sdk
+        self.base_url = base_url
+        self.retry = retry
+        self.concurrency = max(1, concurrency)
+        self.log = log
+        self.process_ledger = process_ledger
+        self._api_key = api_key
+        # Listings this provider answered "not offered" (twice, or 405/501): this client
+        # only, so that one hiccup never switches idempotency off for anyone else.
+        self.absent_endpoints: set[str] = set()
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key replaced by ``***``."""
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def call(
+        self, what: str, fn: Callable[[], T], before_retry: Callable[[], T | None] | None = None
+    ) -> T:
+        """``fn()`` with retries; raises ``BatchAPIError`` naming ``what`` when it fails."""
+        return self.retry.call(
+            fn, what=what, before_retry=before_retry, logger=self.log, redact=self.redact
+        )
+
+    def listing(self, endpoint: str, fetch: Callable[[], T]) -> T | None:
+        """One page of a listing, or None when the provider does not offer it.
+
+        A 404 is asked once more before the endpoint counts as absent (for this client
+        only); 405 and 501 say so outright. Any other failure is raised: a lookup that
+        could not be made must not pass for "nothing there".
+        """
+        if endpoint in self.absent_endpoints:
+            return None
+        for asked in (1, 2):
+            try:
+                return self.call(endpoint, fetch)
+            except BatchAPIError as error:
+                if error.status_code in NOT_OFFERED:
+                    break
+                if error.status_code != 404:
+                    raise
+                if asked == 1:
+                    time.sleep(self.retry.backoff_seconds)
+        self.absent_endpoints.add(endpoint)
+        self.log.warning("%s does not offer %s; carrying on without it", self.base_url, endpoint)
+        return None
+
+    def has_batch_listing(self) -> bool:
+        """False once the provider was found to offer no batch listing."""
+        return BATCH_LISTING not in self.absent_endpoints
+
+    def map(self, fn: Callable[[Any], T], items: list[Any]) -> list[T]:
+        """``[fn(item) for item in items]``, at most ``concurrency`` at once."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def record(self, kind: Kind, key: str, object_id: str, ledger: Ledger | None) -> None:
+        """Record a created file or batch in this process's ledger and the caller's."""
+        self.process_ledger.record(kind, key, object_id)
+        if ledger is not None:
+            ledger.record(kind, key, object_id)
+
+    def retrieve_batch(self, batch_id: str) -> Any:
+        """The provider's batch object."""
+        return self.call(f"retrieve {batch_id}", lambda: self.sdk.batches.retrieve(batch_id))
+
+    def retrieve_batch_or_none(self, batch_id: str) -> Any | None:
+        """The provider's batch object, or None when it answers 404."""
+        try:
+            return self.retrieve_batch(batch_id)
+        except BatchAPIError as error:
+            if error.status_code == 404:
+                return None
+            raise
+
+    def cancel_batch(self, batch_id: str) -> Any:
+        """Cancel one batch; one that finished meanwhile (409) is returned as it is."""
+        try:
+            return self.call(f"cancel {batch_id}", lambda: self.sdk.batches.cancel(batch_id))
+        except BatchAPIError as error:
+            if error.status_code != 409:  # 409: it finished meanwhile; nothing to cancel
+                raise
+            return self.retrieve_batch(batch_id)
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete one file; a failure is logged, not raised."""
+        try:
+            self.call(f"delete {file_id}", lambda: self.sdk.files.delete(file_id))
+        except BatchAPIError as error:
+            self.log.warning("could not delete %s: %s", file_id, error)
+
+    def list_batches(
+        self, *, limit: int = 100, after: str | None = None, max_items: int | None = None
+    ) -> Iterator[Any]:
+        """Batches, newest first, following pages; nothing when there is no listing."""
+        seen = 0
+        while True:
+            page = self.listing(
+                BATCH_LISTING,
+                lambda a=after: self.sdk.batches.list(
+                    limit=min(limit, 100), **({"after": a} if a else {})
+                ),
+            )
+            if page is None:
+                return
+            for batch in page.data:
+                yield batch
+                seen += 1
+                if max_items is not None and seen >= max_items:
+                    return
+            if not page.data or not getattr(page, "has_more", False):
+                return
+            after = page.data[-1].id

@@ -1,0 +1,54 @@
+"""Resubmission: which request lines of a final job go into its next attempt.
+
+What expired, was cancelled or has no answer (and, on request, what failed retryably),
+read back from the provider's own copies of the input files, so the lines are resubmitted
+byte for byte as first uploaded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from .consistency import absent_files
+from .downloads import download_inputs, download_result_files, input_records
+from .job import BatchJob
+from .provider_calls import ProviderCalls
+from .request_lines import EncodedRequests, encode_requests
+from .result_join import leftover_custom_ids
+from .results import parse_result_files
+
+
+def leftover_requests(
+    provider: ProviderCalls, job: BatchJob, *, include_failed: bool
+) -> EncodedRequests | None:
+    """The request lines of a final job's latest attempt still without an answer.
+
+    Args:
+        provider: Where the job's files are.
+        job: A final job.
+        include_failed: Also the requests that failed with a retryable status
+            (408, 409, 429, 5xx).
+
+    Returns:
+        The lines to resubmit, or None when nothing is left.
+    """
+    statuses = {"expired", "cancelled", *(["completed"] if include_failed else [])}
+    # a shard taken as final without the files its counts promise has missing rows
+    shards = [s for s in job.current_shards if s.status in statuses or absent_files(s)]
+    if not shards:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dib-resubmit-") as tmp:
+        folder = Path(tmp)
+        frame = parse_result_files(download_result_files(provider, job.shards, folder))
+        inputs = download_inputs(provider, shards, folder)
+        ids = [custom_id for custom_id, _ in input_records(inputs)]
+        left = set(leftover_custom_ids(frame, ids, include_failed=include_failed))
+        if not left:
+            return None
+        return encode_requests(
+            (orjson.loads(line) for custom_id, line in input_records(inputs) if custom_id in left),
+            endpoint=job.endpoint,
+        )

@@ -1,0 +1,160 @@
+"""Uploading request lines: a job's shards as input files, each uploaded at most once.
+
+Each shard's upload is named after its batch key, so an upload made by an earlier,
+interrupted call is found again (in a ledger by id, or in one page of the provider's file
+listing) and reused rather than paid for twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import BatchAPIError, InvalidBatchInput
+from .job import BatchJob, BatchShard
+from .ledger import Ledger
+from .provider_calls import FILE_LISTING, ProviderCalls
+from .request_lines import EncodedRequests, shard_requests, write_jsonl
+
+MAX_IDEMPOTENCY_KEY_CHARS = 256  # batch keys must fit a 512-character metadata value
+
+
+def batch_key(job_key: str, shard_index: int, attempt: int, sha256: str) -> str:
+    """The key one batch carries: job, shard, attempt and the shard's content, so a batch
+    is reused only for the very same request lines.
+
+    Example:
+        >>> batch_key("job", 0, 1, "ab" * 32)
+        'job#s0a1:abababababababab'
+    """
+    return f"{job_key}#s{shard_index}a{attempt}:{sha256[:16]}"
+
+
+def upload_name(key: str) -> str:
+    """The file name a shard is uploaded under, derived from its batch key."""
+    return f"dib-{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
+
+
+def new_job(
+    encoded: EncodedRequests, metadata: dict[str, str], idempotency_key: str | None
+) -> BatchJob:
+    """A job for ``encoded`` with no shards yet; its key is the caller's or the lines'.
+
+    Raises:
+        InvalidBatchInput: The key is too long for the provider's metadata.
+    """
+    digest = encoded.sha256()
+    job_key = idempotency_key or f"sha256:{digest[:32]}"
+    if len(job_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidBatchInput(
+            [
+                f"idempotency_key has {len(job_key)} characters; at most "
+                f"{MAX_IDEMPOTENCY_KEY_CHARS} fit in the provider's metadata"
+            ]
+        )
+    return BatchJob(
+        endpoint=encoded.endpoint,
+        idempotency_key=job_key,
+        metadata=metadata,
+        request_count=len(encoded),
+        submitted_at=time.time(),
+        sha256=digest,
+    )
+
+
+def upload_shards(
+    provider: ProviderCalls,
+    encoded: EncodedRequests,
+    job_key: str,
+    attempt: int,
+    ledger: Ledger | None,
+    *,
+    max_requests: int,
+    max_bytes: int,
+) -> list[BatchShard]:
+    """Shard ``encoded`` within the limits and upload each shard not uploaded before."""
+    shards = shard_requests(encoded, max_requests=max_requests, max_bytes=max_bytes)
+    keys = [batch_key(job_key, s.index, attempt, s.sha256) for s in shards]
+    wanted = {upload_name(key): s.nbytes for key, s in zip(keys, shards, strict=True)}
+    uploaded = _recorded_files(provider, wanted, ledger)
+    if len(uploaded) < len(wanted):
+        listed = uploaded_files(provider)  # one listing for every shard
+        uploaded.update(
+            {name: listed[(name, n)] for name, n in wanted.items() if (name, n) in listed}
+        )
+    with tempfile.TemporaryDirectory(prefix="dib-upload-") as tmp:
+
+        def upload_one(numbered: tuple[str, Any]) -> BatchShard:
+            key, shard = numbered
+            path = Path(tmp) / upload_name(key)
+            file_id = uploaded.get(path.name)
+            if file_id:
+                provider.log.info("reusing uploaded file %s (%s)", file_id, path.name)
+            else:
+                write_jsonl(encoded, path, shard.positions)
+                file_id = _upload_file(provider, path, shard.nbytes, ledger)
+            return BatchShard(
+                index=shard.index,
+                attempt=attempt,
+                idempotency_key=key,
+                file_id=file_id,
+                request_count=shard.request_count,
+                bytes=shard.nbytes,
+                sha256=shard.sha256,
+                model=shard.model,
+            )
+
+        return provider.map(upload_one, list(zip(keys, shards, strict=True)))
+
+
+def _recorded_files(
+    provider: ProviderCalls, wanted: dict[str, int], ledger: Ledger | None
+) -> dict[str, str]:
+    """Uploads recorded under these names (by the caller or by this process) that the
+    provider still holds with the same size: fetched by id, no listing."""
+    recorded = {
+        **provider.process_ledger.recorded("file", list(wanted)),
+        **(ledger.recorded("file", list(wanted)) if ledger is not None else {}),
+    }
+
+    def still_there(item: tuple[str, str]) -> bool:
+        name, file_id = item
+        try:
+            stored = provider.call(
+                f"retrieve {file_id}", lambda: provider.sdk.files.retrieve(file_id)
+            )
+        except BatchAPIError as error:
+            if error.status_code == 404:
+                return False
+            raise
+        return stored.filename == name and stored.bytes == wanted[name]
+
+    kept = provider.map(still_there, list(recorded.items()))
+    return {name: file_id for (name, file_id), ok in zip(recorded.items(), kept, strict=True) if ok}
+
+
+def _upload_file(provider: ProviderCalls, path: Path, nbytes: int, ledger: Ledger | None) -> str:
+    def find() -> str | None:  # an upload that failed may still have gone through
+        return uploaded_files(provider).get((path.name, nbytes))
+
+    def create() -> str:
+        with path.open("rb") as handle:
+            return provider.sdk.files.create(file=(path.name, handle), purpose="batch").id
+
+    file_id = provider.call(f"upload {path.name}", create, before_retry=find)
+    provider.record("file", path.name, file_id, ledger)
+    provider.log.info("uploaded %s as %s (%d bytes)", path.name, file_id, nbytes)
+    return file_id
+
+
+def uploaded_files(provider: ProviderCalls) -> dict[tuple[str, int], str]:
+    """Recent batch input files (one page), by (filename, bytes)."""
+    page = provider.listing(
+        FILE_LISTING, lambda: provider.sdk.files.list(purpose="batch", limit=100)
+    )
+    if page is None:
+        return {}
+    return {(item.filename, item.bytes): item.id for item in reversed(page.data)}
