@@ -16,6 +16,14 @@ DEFAULT_FINAL_STATE_WAIT_SECONDS = 600.0  # how long an inconsistent final state
 def absent_files(shard: BatchShard) -> list[str]:
     """The file ids a final shard's counts promise but its record lacks.
 
+    Args:
+        shard: A shard as last refreshed.
+
+    Returns:
+        ``output_file_id`` (completed requests, no output file) and/or
+        ``error_file_id`` (failed requests, no error file); empty for a shard that is
+        not final or is consistent.
+
     Example:
         >>> shard = BatchShard(index=0, attempt=1, idempotency_key="k", file_id="f",
         ...                    request_count=2, bytes=10, sha256="0", status="completed",

@@ -21,7 +21,18 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def is_loopback(url: str) -> bool:
-    """True when ``url`` points at this machine."""
+    """Whether ``url`` points at this machine.
+
+    Args:
+        url: Any URL.
+
+    Returns:
+        True for ``127.0.0.1``, ``localhost`` and ``::1``.
+
+    Example:
+        >>> is_loopback(local_server_url), is_loopback("https://batch.inference.net/v1")
+        (True, False)
+    """
     return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
 
 
@@ -37,6 +48,15 @@ def check_create_options(
     ``metadata`` is the caller's; the client's own keys count against the limit too.
     A plain-http ``webhook_url`` is accepted only on loopback, and only when the
     provider (``base_url``) is on loopback as well: a local server for tests.
+
+    Args:
+        metadata: The caller's batch metadata.
+        completion_window: The window the batches ask for.
+        webhook_url: Where the provider should POST when a batch ends.
+        base_url: The provider's base URL.
+
+    Raises:
+        InvalidBatchInput: Naming every problem found.
 
     Example:
         >>> check_create_options({"team": "search"})

@@ -15,13 +15,22 @@ MAX_REPORTED_PROBLEMS = 20
 class InvalidBatchInput(ValueError):
     """Request lines that a Batch API would refuse, found before anything is uploaded.
 
-    ``problems`` holds one human-readable string per problem (at most 20), each naming
-    the line number or ``custom_id`` and the rule broken.
+    Args:
+        problems: One human-readable string per problem, each naming the line number or
+            ``custom_id`` and the rule broken; the first 20 are kept in ``problems``.
+        total: How many problems there were (default: ``len(problems)``).
 
     Example:
         >>> err = InvalidBatchInput(["line 3 (custom_id 'a'): duplicate custom_id"])
-        >>> "line 3" in str(err)
-        True
+        >>> print(err)
+        invalid batch input (1 problem):
+          - line 3 (custom_id 'a'): duplicate custom_id
+        >>> line = {"custom_id": "a", "body": {"model": "m", "prompt": "twice"}}
+        >>> try:
+        ...     client.submit([line, line], endpoint="/v1/completions")
+        ... except InvalidBatchInput as error:
+        ...     error.problems
+        ["line 2 (custom_id 'a'): duplicate custom_id (first on line 1)"]
     """
 
     def __init__(self, problems: Sequence[str], *, total: int | None = None) -> None:
@@ -36,18 +45,38 @@ class InvalidBatchInput(ValueError):
 
 class ProviderNotConfigured(ValueError):
     """No provider to send batches to: no API key and no base URL, and the local server
-    (synthetic answers) was not asked for. The message says how to set one."""
+    (synthetic answers) was not asked for. The message says how to set one.
+
+    Raised by ``InferenceBatchResource.get_client()``.
+
+    Example:
+        >>> raise ProviderNotConfigured("set INFERENCE_API_KEY")
+        Traceback (most recent call last):
+        ...
+        dagster_inference_batch.errors.ProviderNotConfigured: set INFERENCE_API_KEY
+    """
 
 
 class BatchError(RuntimeError):
-    """Base class for errors about submitted batches."""
+    """Base class for errors about submitted batches (catch this for all of them)."""
 
 
 class BatchFailedError(BatchError):
     """A batch ended ``failed`` (usually input validation at the provider).
 
-    ``errors`` carries the provider's ``errors.data`` entries (``code``, ``message``,
-    ``line``) for each failed batch.
+    Raised by ``InferenceBatchClient.results`` for a job whose latest attempt failed.
+
+    Args:
+        message: What failed, naming the batches.
+        errors: The provider's ``errors.data`` entries (``code``, ``message``, ``line``,
+            ``batch_id``) for each failed batch, kept in ``errors``.
+
+    Example:
+        >>> error = BatchFailedError("batch b1 failed", [{"batch_id": "b1", "line": 2,
+        ...     "code": "invalid_model", "message": "unknown model"}])
+        >>> print(error)
+        batch b1 failed
+          - batch b1 line 2: [invalid_model] unknown model
     """
 
     def __init__(self, message: str, errors: Sequence[dict]) -> None:
@@ -61,13 +90,36 @@ class BatchFailedError(BatchError):
 
 
 class BatchWaitTimeout(BatchError):
-    """``wait`` ran out of time; the batches keep running at the provider."""
+    """``wait`` ran out of time; the batches keep running at the provider.
+
+    Example:
+        >>> job = client.submit([{"custom_id": "a", "body": {"model": "m", "prompt": "slow"}}],
+        ...                     endpoint="/v1/completions")
+        >>> try:
+        ...     client.wait(job, timeout=0)
+        ... except BatchWaitTimeout as error:
+        ...     "keep running" in str(error)
+        True
+    """
 
 
 class BatchAPIError(BatchError):
     """The Batch API refused a call or kept failing after every retry.
 
-    ``status_code`` is the provider's HTTP status when there was one.
+    Args:
+        message: What failed (never the API key).
+        status_code: The provider's HTTP status when there was one, kept in
+            ``status_code``.
+
+    Example:
+        >>> from dagster_inference_batch import BatchJob, BatchShard
+        >>> try:
+        ...     client.refresh(BatchJob(endpoint="/v1/completions", idempotency_key="k",
+        ...         shards=[BatchShard(index=0, attempt=1, idempotency_key="k#s0a1", file_id="f",
+        ...                            request_count=1, bytes=1, sha256="0", batch_id="batch_no")]))
+        ... except BatchAPIError as error:
+        ...     error.status_code
+        404
     """
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
@@ -78,8 +130,16 @@ class BatchAPIError(BatchError):
 class PartialCreateError(BatchAPIError):
     """A create failed for some shards; ``job`` records the batches that were made.
 
-    Raised by ``InferenceBatchClient.create`` so that no created batch goes unrecorded;
-    the message and ``status_code`` are the first failure's.
+    Raised by ``InferenceBatchClient.create`` so that no created batch goes unrecorded.
+
+    Args:
+        job: The ``BatchJob`` with every batch that was created, kept in ``job``.
+        cause: The first failure; its message and ``status_code`` are this error's.
+
+    Example:
+        >>> error = PartialCreateError("the job", BatchAPIError("refused", status_code=400))
+        >>> error.job, error.status_code, str(error)
+        ('the job', 400, 'refused')
     """
 
     def __init__(self, job: Any, cause: BatchAPIError) -> None:

@@ -35,15 +35,39 @@ class Ledger(Protocol):
 
     ``kind`` is ``"file"`` (keyed by upload file name) or ``"batch"`` (keyed by the
     batch's idempotency key); ``"intent"`` (keyed like a batch) only for ledgers that
-    declare ``keeps_intents`` (see ``IntentLedger``).
+    declare ``keeps_intents`` (see ``IntentLedger``). ``ProcessLedger`` sections and
+    ``event_ledger.EventLogLedger`` implement it; pass one as ``ledger=`` to
+    ``InferenceBatchClient.upload``, ``create``, ``submit`` or ``resubmit``.
+
+    Example:
+        >>> ledger = ProcessLedger().for_account(local_server_url, "test-key")
+        >>> lines = [{"custom_id": "a", "body": {"model": "m", "prompt": "ledger"}}]
+        >>> job = client.submit(lines, endpoint="/v1/completions", ledger=ledger)
+        >>> ledger.recorded("batch", [job.shards[0].idempotency_key]) == {
+        ...     job.shards[0].idempotency_key: job.batch_ids[0]}
+        True
     """
 
     def recorded(self, kind: Kind, keys: Collection[str]) -> dict[str, str]:
-        """The ids recorded for those of ``keys`` that have one."""
+        """The ids recorded for those of ``keys`` that have one.
+
+        Args:
+            kind: ``file``, ``batch`` or ``intent``.
+            keys: Upload file names or batch keys.
+
+        Returns:
+            key -> id, for the keys with a record.
+        """
         ...
 
     def record(self, kind: Kind, key: str, object_id: str) -> None:
-        """Record ``object_id`` for ``key``; called as soon as the object exists."""
+        """Record ``object_id`` for ``key``; called as soon as the object exists.
+
+        Args:
+            kind: ``file``, ``batch`` or ``intent``.
+            key: The upload's file name or the batch's key.
+            object_id: The provider's id.
+        """
         ...
 
 
@@ -64,7 +88,15 @@ class OrderedLedger(Ledger, Protocol):
     """A ledger that can list every id recorded for a key, in the order recorded."""
 
     def recorded_in_order(self, kind: Kind, keys: Collection[str]) -> dict[str, list[str]]:
-        """For each of ``keys`` with a record: every id recorded, oldest record first."""
+        """Every id recorded per key, oldest record first.
+
+        Args:
+            kind: ``file``, ``batch`` or ``intent``.
+            keys: The keys asked about.
+
+        Returns:
+            key -> ids, for the keys with a record.
+        """
         ...
 
 
@@ -83,7 +115,15 @@ class ProcessLedger:
         self._ids: dict[tuple[str, str, str], str] = {}
 
     def for_account(self, base_url: str, api_key: str) -> AccountLedger:
-        """The section for one provider account: its URL and a digest of the key."""
+        """The section for one provider account.
+
+        Args:
+            base_url: The provider's base URL.
+            api_key: The account's key (only its sha256 is kept).
+
+        Returns:
+            A ``Ledger`` over that section.
+        """
         return AccountLedger(self, f"{base_url}|{hashlib.sha256(api_key.encode()).hexdigest()}")
 
     def _recorded(self, scope: str, kind: Kind, keys: Collection[str]) -> dict[str, str]:
@@ -106,13 +146,20 @@ class AccountLedger:
         self._scope = scope
 
     def recorded(self, kind: Kind, keys: Collection[str]) -> dict[str, str]:
+        """See ``Ledger.recorded``."""
         return self._ledger._recorded(self._scope, kind, keys)
 
     def record(self, kind: Kind, key: str, object_id: str) -> None:
+        """See ``Ledger.record``."""
         self._ledger._record(self._scope, kind, key, object_id)
 
     def forget(self, kind: Kind, key: str) -> None:
-        """Drop a record (the object was withdrawn)."""
+        """Drop a record (the object was withdrawn).
+
+        Args:
+            kind: ``file``, ``batch`` or ``intent``.
+            key: The key whose record goes.
+        """
         self._ledger._record(self._scope, kind, key, None)
 
 
