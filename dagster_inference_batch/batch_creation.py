@@ -38,6 +38,15 @@ def find_existing(
 
     Looked for in ``ledger`` and this process's ledger, fetched by id; then, for keys the
     ledger cannot rule out (see ``idempotency.possibly_tried``), in the provider's listing.
+
+    Args:
+        provider: The client's calls.
+        job: The job whose shards without a batch are looked for.
+        ledger: The caller's record of batches and intents.
+        list_scan_limit: Most recent batches scanned.
+
+    Returns:
+        The batches found by key, and how they were looked for.
     """
     pending = [s for s in job.shards if s.batch_id is None]
     found = _recorded_batches(provider, pending, ledger)
@@ -60,6 +69,18 @@ def create_missing(
     list_scan_limit: int,
 ) -> BatchJob:
     """A copy of ``job`` whose shards have batches: ``existing`` ones or new ones.
+
+    Args:
+        provider: The client's calls.
+        job: The job.
+        existing: Batches already made, by key (from ``find_existing``).
+        webhook_url: Where the provider should POST when a batch ends.
+        ledger: The caller's record of batches and intents.
+        completion_window: The batches' completion window.
+        list_scan_limit: Most recent batches scanned when a create may have gone through.
+
+    Returns:
+        The updated copy.
 
     Raises:
         PartialCreateError: Some creates failed; its ``job`` records the batches made.
@@ -96,8 +117,16 @@ def create_missing(
 
 
 def find_batches(provider: ProviderCalls, keys: set[str], list_scan_limit: int) -> dict[str, Any]:
-    """Batches among the most recent ``list_scan_limit`` that carry one of ``keys``: for
-    each key the oldest listed (the one a racing create settles on)."""
+    """Batches among the most recent ``list_scan_limit`` that carry one of ``keys``.
+
+    Args:
+        provider: The client's calls.
+        keys: Batch keys.
+        list_scan_limit: Most recent batches scanned.
+
+    Returns:
+        key -> batch, the oldest listed per key (the one a racing create settles on).
+    """
     groups, _ = batches_by_key(provider.list_batches(max_items=list_scan_limit), keys)
     found = {key: batches[0] for key, batches in groups.items()}
     for key, batch in found.items():

@@ -23,7 +23,19 @@ CHUNK_BYTES = 1 << 20
 
 
 def download_file(provider: ProviderCalls, file_id: str, path: Path) -> Path:
-    """Stream one file's content to ``path`` (retried whole when the stream breaks)."""
+    """Stream one file's content to ``path`` (downloaded again whole when cut short).
+
+    Args:
+        provider: The client's calls.
+        file_id: The provider's file id.
+        path: Where to write it.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        BatchAPIError: The download was refused or kept failing.
+    """
 
     def fetch() -> Path:
         with provider.sdk.files.with_streaming_response.content(file_id) as response:
@@ -38,7 +50,19 @@ def download_file(provider: ProviderCalls, file_id: str, path: Path) -> Path:
 def download_result_files(
     provider: ProviderCalls, shards: list[BatchShard], folder: Path
 ) -> list[ResultFile]:
-    """Each shard's output and error files, downloaded into ``folder`` concurrently."""
+    """Each shard's output and error files, downloaded into ``folder`` concurrently.
+
+    Args:
+        provider: The client's calls.
+        shards: The shards, of any attempts.
+        folder: Where the files go.
+
+    Returns:
+        The files, shard by shard.
+
+    Raises:
+        BatchAPIError: A download failed.
+    """
     numbered = list(enumerate(shards))
     fetched = provider.map(lambda item: _shard_result_files(provider, *item, folder), numbered)
     return [f for files in fetched for f in files]
@@ -83,7 +107,19 @@ def _shard_result_files(
 
 
 def download_inputs(provider: ProviderCalls, shards: list[BatchShard], folder: Path) -> list[Path]:
-    """The shards' input files, downloaded (named by position, never by provider id)."""
+    """The shards' input files, downloaded (named by position, never by provider id).
+
+    Args:
+        provider: The client's calls.
+        shards: The shards.
+        folder: Where the files go.
+
+    Returns:
+        One path per shard, in order.
+
+    Raises:
+        BatchAPIError: A download failed.
+    """
     return provider.map(
         lambda numbered: download_file(
             provider, numbered[1].file_id, folder / f"input-{numbered[0]}-{numbered[1].index}.jsonl"
@@ -93,7 +129,13 @@ def download_inputs(provider: ProviderCalls, shards: list[BatchShard], folder: P
 
 
 def input_records(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
-    """(custom_id, line) of each request line in the files, streamed."""
+    """(custom_id, line) of each request line in the files, streamed.
+
+    Example:
+        >>> _ = Path("in.jsonl").write_bytes(b'{"custom_id": "a"}\\n\\n{"custom_id": "b"}\\n')
+        >>> [custom_id for custom_id, _ in input_records([Path("in.jsonl")])]
+        ['a', 'b']
+    """
     for path in paths:
         with path.open("rb") as handle:
             for line in handle:

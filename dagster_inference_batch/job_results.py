@@ -30,6 +30,15 @@ def job_results(
 ) -> pd.DataFrame:
     """One row per request of a final job (see ``InferenceBatchClient.results``).
 
+    Args:
+        provider: The client's calls.
+        job: A final job.
+        inputs: The rows the requests were built from.
+        id_column: The column of ``inputs`` holding the custom_ids.
+
+    Returns:
+        One row per request.
+
     Raises:
         BatchFailedError: A batch of the latest attempt failed.
         BatchAPIError: The job is not final, or a file could not be downloaded.
@@ -49,8 +58,14 @@ def job_results(
 
 
 def raise_if_failed(job: BatchJob) -> None:
-    """Raise ``BatchFailedError`` (with the provider's errors) when a batch of the latest
-    attempt failed."""
+    """Raise when a batch of the latest attempt failed.
+
+    Args:
+        job: The job.
+
+    Raises:
+        BatchFailedError: With the provider's ``errors.data``.
+    """
     if job.status == "failed":
         failed = [s.batch_id for s in job.current_shards if s.status == "failed"]
         raise BatchFailedError(
@@ -83,8 +98,15 @@ def _mark_unanswered(
 
 
 def submitted_lines(provider: ProviderCalls, job: BatchJob) -> Iterator[tuple[str, bytes]]:
-    """(custom_id, line) of every request line the job submitted, in file order (see
-    ``InferenceBatchClient.submitted_lines``)."""
+    """Every request line the job submitted (see ``InferenceBatchClient.submitted_lines``).
+
+    Args:
+        provider: The client's calls.
+        job: The job.
+
+    Yields:
+        (custom_id, line), in file order.
+    """
     first = [s for s in job.shards if s.attempt == 1]
     with tempfile.TemporaryDirectory(prefix="dib-submitted-") as tmp:
         for custom_id, line in input_records(download_inputs(provider, first, Path(tmp))):
@@ -92,8 +114,13 @@ def submitted_lines(provider: ProviderCalls, job: BatchJob) -> Iterator[tuple[st
 
 
 def delete_job_files(provider: ProviderCalls, job: BatchJob, *, inputs_only: bool = False) -> None:
-    """Delete the job's input, output and error files (only the inputs with
-    ``inputs_only``); a file that cannot be deleted is logged."""
+    """Delete the job's files; a file that cannot be deleted is logged.
+
+    Args:
+        provider: The client's calls.
+        job: The job.
+        inputs_only: The input files only, not the output and error files.
+    """
     file_ids = [
         file_id
         for s in job.shards

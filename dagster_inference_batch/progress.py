@@ -21,12 +21,24 @@ _FINAL_TIME_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 
 
 def copy_job(job: BatchJob) -> BatchJob:
-    """A deep copy of ``job``, so that a call never changes the caller's record."""
+    """A deep copy of ``job``, so that a call never changes the caller's record.
+
+    Args:
+        job: The job.
+
+    Returns:
+        The copy.
+    """
     return BatchJob.from_dict(dataclasses.asdict(job))
 
 
 def apply_batch(shard: BatchShard, batch: Any) -> None:
-    """Copy a provider batch object's state onto the shard."""
+    """Copy a provider batch object's state onto the shard.
+
+    Args:
+        shard: The shard, changed in place.
+        batch: The provider's batch object (or its dict).
+    """
     data = batch.model_dump() if hasattr(batch, "model_dump") else dict(batch)
     shard.batch_id = data["id"]
     shard.status = data["status"]
@@ -57,8 +69,13 @@ class FinalStateCheck:
         self._lock = threading.Lock()
 
     def settle(self, shard: BatchShard, wait_seconds: float) -> None:
-        """Set the shard ``finalizing`` while its files lag its counts, for at most
-        ``wait_seconds`` after its final timestamp (or after first seen so)."""
+        """Set the shard ``finalizing`` while its files lag its counts.
+
+        Args:
+            shard: A shard just refreshed, changed in place.
+            wait_seconds: How long after its final timestamp (or after first seen so) the
+                status is held back.
+        """
         absent = absent_files(shard)
         batch_id = shard.batch_id or ""
         if not absent:
@@ -86,7 +103,20 @@ class FinalStateCheck:
 def refresh_job(
     provider: ProviderCalls, job: BatchJob, check: FinalStateCheck, wait_seconds: float
 ) -> BatchJob:
-    """A copy of ``job`` with every unfinished shard's batch fetched again, concurrently."""
+    """A copy of ``job`` with every unfinished shard's batch fetched again, concurrently.
+
+    Args:
+        provider: The client's calls.
+        job: The job.
+        check: The client's memory of final batches whose files lag.
+        wait_seconds: How long such a batch is held back (``final_state_wait_seconds``).
+
+    Returns:
+        The updated copy.
+
+    Raises:
+        BatchAPIError: A batch could not be read.
+    """
     job = copy_job(job)
     live = [s for s in job.shards if s.batch_id and not s.is_final]
     batches = provider.map(lambda s: provider.retrieve_batch(s.batch_id), live)
@@ -97,7 +127,18 @@ def refresh_job(
 
 
 def cancel_job(provider: ProviderCalls, job: BatchJob) -> BatchJob:
-    """A copy of ``job`` after asking the provider to cancel every unfinished batch."""
+    """A copy of ``job`` after asking the provider to cancel every unfinished batch.
+
+    Args:
+        provider: The client's calls.
+        job: The job.
+
+    Returns:
+        The updated copy.
+
+    Raises:
+        BatchAPIError: A cancel was refused (other than 409) or kept failing.
+    """
     job = copy_job(job)
     live = [s for s in job.current_shards if s.batch_id and not s.is_final]
     batches = provider.map(lambda s: provider.cancel_batch(s.batch_id), live)

@@ -70,7 +70,19 @@ class ProviderCalls:
     def call(
         self, what: str, fn: Callable[[], T], before_retry: Callable[[], T | None] | None = None
     ) -> T:
-        """``fn()`` with retries; raises ``BatchAPIError`` naming ``what`` when it fails."""
+        """``fn()`` with retries (see ``RetryPolicy.call``).
+
+        Args:
+            what: Names the call in messages.
+            fn: The call.
+            before_retry: Runs before each retry; a value it returns is the answer.
+
+        Returns:
+            What ``fn`` (or ``before_retry``) returned.
+
+        Raises:
+            BatchAPIError: A refusal, or every try failed.
+        """
         return self.retry.call(
             fn, what=what, before_retry=before_retry, logger=self.log, redact=self.redact
         )
@@ -81,6 +93,16 @@ class ProviderCalls:
         A 404 is asked once more before the endpoint counts as absent (for this client
         only); 405 and 501 say so outright. Any other failure is raised: a lookup that
         could not be made must not pass for "nothing there".
+
+        Args:
+            endpoint: Names the listing (``GET /batches``, ``GET /files``).
+            fetch: Reads one page.
+
+        Returns:
+            The page, or None when the listing is absent.
+
+        Raises:
+            BatchAPIError: The listing failed otherwise.
         """
         if endpoint in self.absent_endpoints:
             return None
@@ -147,7 +169,16 @@ class ProviderCalls:
     def list_batches(
         self, *, limit: int = 100, after: str | None = None, max_items: int | None = None
     ) -> Iterator[Any]:
-        """Batches, newest first, following pages; nothing when there is no listing."""
+        """Batches, newest first, following pages (see ``InferenceBatchClient.list_batches``).
+
+        Args:
+            limit: Batches per page (at most 100).
+            after: Start after this batch id.
+            max_items: Stop after this many.
+
+        Yields:
+            The provider's batch objects; nothing when there is no batch listing.
+        """
         seen = 0
         while True:
             page = self.listing(

@@ -34,14 +34,27 @@ def batch_key(job_key: str, shard_index: int, attempt: int, sha256: str) -> str:
 
 
 def upload_name(key: str) -> str:
-    """The file name a shard is uploaded under, derived from its batch key."""
+    """The file name a shard is uploaded under, derived from its batch key.
+
+    Example:
+        >>> upload_name("job#s0a1:abababababababab").startswith("dib-")
+        True
+    """
     return f"dib-{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
 
 
 def new_job(
     encoded: EncodedRequests, metadata: dict[str, str], idempotency_key: str | None
 ) -> BatchJob:
-    """A job for ``encoded`` with no shards yet; its key is the caller's or the lines'.
+    """A job for ``encoded`` with no shards yet.
+
+    Args:
+        encoded: The request lines.
+        metadata: The caller's batch metadata.
+        idempotency_key: The caller's job key; default ``sha256:`` and the lines' digest.
+
+    Returns:
+        The job, without shards.
 
     Raises:
         InvalidBatchInput: The key is too long for the provider's metadata.
@@ -75,7 +88,23 @@ def upload_shards(
     max_requests: int,
     max_bytes: int,
 ) -> list[BatchShard]:
-    """Shard ``encoded`` within the limits and upload each shard not uploaded before."""
+    """Shard ``encoded`` within the limits and upload each shard not uploaded before.
+
+    Args:
+        provider: The client's calls.
+        encoded: The request lines.
+        job_key: The job's idempotency key.
+        attempt: The attempt the shards belong to.
+        ledger: The caller's record of uploads.
+        max_requests: Requests per shard at most.
+        max_bytes: Bytes per shard at most.
+
+    Returns:
+        One shard per uploaded (or reused) file, without batches.
+
+    Raises:
+        BatchAPIError: An upload or a lookup failed.
+    """
     shards = shard_requests(encoded, max_requests=max_requests, max_bytes=max_bytes)
     keys = [batch_key(job_key, s.index, attempt, s.sha256) for s in shards]
     wanted = {upload_name(key): s.nbytes for key, s in zip(keys, shards, strict=True)}
@@ -151,7 +180,14 @@ def _upload_file(provider: ProviderCalls, path: Path, nbytes: int, ledger: Ledge
 
 
 def uploaded_files(provider: ProviderCalls) -> dict[tuple[str, int], str]:
-    """Recent batch input files (one page), by (filename, bytes)."""
+    """Recent batch input files (one page of ``GET /files``).
+
+    Args:
+        provider: The client's calls.
+
+    Returns:
+        (filename, bytes) -> file id; empty without a file listing.
+    """
     page = provider.listing(
         FILE_LISTING, lambda: provider.sdk.files.list(purpose="batch", limit=100)
     )
