@@ -10,6 +10,7 @@ with it. A failed complete check keeps downstream assets of the run from running
 import dagster as dg
 import pandas as pd
 
+from .metadata_set import InferenceBatchMetadataSet
 from .state import latest_job, partition_of
 
 
@@ -74,11 +75,10 @@ def submitted_rows(
     )
     records = instance.fetch_materializations(records_filter, limit=1).records
     materialization = records[0].asset_materialization if records else None
-    count = (
-        materialization.metadata.get("inference_batch/request_count") if materialization else None
-    )
-    if count is not None and isinstance(count.value, int):
-        return count.value
+    if materialization is not None:
+        count = InferenceBatchMetadataSet.extract(materialization.metadata).request_count
+        if count is not None:
+            return count
     recorded = latest_job(instance, batch_key, partition)
     if recorded is not None:
         return recorded.job.request_count

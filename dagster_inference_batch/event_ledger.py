@@ -22,8 +22,9 @@ from typing import Any
 import dagster as dg
 
 from .ledger import Kind
+from .metadata_set import InferenceBatchMetadataSet
 
-LEDGER_KEY = "inference_batch/ledger"
+LEDGER_KEY = InferenceBatchMetadataSet.key("ledger")  # alias for the tests' harness
 _PAGE = 1000
 INTENT_UNKNOWN = "unknown"
 """The id ``recorded("intent", ...)`` gives a key it cannot vouch for (see there)."""
@@ -65,9 +66,9 @@ class EventLogLedger:
                 asset_key=self._asset_keys[kind],
                 partition=self._partition,
                 description=f"{described} {object_id if kind != 'intent' else key}",
-                metadata={
-                    LEDGER_KEY: dg.MetadataValue.json({"kind": kind, "key": key, "id": object_id})
-                },
+                metadata=InferenceBatchMetadataSet(
+                    ledger={"kind": kind, "key": key, "id": object_id}
+                ).to_metadata(),
             )
         )
 
@@ -143,8 +144,8 @@ class EventLogLedger:
         this package wrote no ledger, only that); every one when ``wanted`` is None."""
         records = self._instance.fetch_materializations(self._filter("batch"), limit=1).records
         materialization = records[0].asset_materialization if records else None
-        stored = materialization.metadata.get("inference_batch/job") if materialization else None
-        value = stored.value if stored is not None else None
+        metadata = materialization.metadata if materialization is not None else None
+        value = InferenceBatchMetadataSet.extract(metadata).job
         shards = value.get("shards", []) if isinstance(value, dict) else []
         return {
             s["idempotency_key"]: s["batch_id"]
@@ -158,8 +159,7 @@ class EventLogLedger:
 
 def _ledger_value(observation: Any) -> dict[str, str] | None:
     """A ledger record's ``{kind, key, id}``, or None for any other observation."""
-    entry = observation.metadata.get(LEDGER_KEY) if observation else None
-    value = entry.value if entry is not None else None
+    value = InferenceBatchMetadataSet.extract(observation.metadata).ledger if observation else None
     if not isinstance(value, dict) or "key" not in value or "id" not in value:
         return None
     return {"kind": str(value.get("kind", "")), "key": str(value["key"]), "id": str(value["id"])}

@@ -6,6 +6,7 @@ observations. Nothing here ever sees the API key: only jobs, request lines and r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,13 +15,14 @@ import orjson
 import pandas as pd
 
 from .job import BatchJob
+from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import EncodedRequests
-from .state import COLLECTED_JOB_KEY, COLLECTED_KEY, JOB_KEY, RecordedJob
+from .results import STATUSES
+from .state import RecordedJob
 
 KINDS = {"inference"}  # the kind tag every pipeline asset carries
 PREVIEW_ROWS = 10
 PREVIEW_CHARS = 160
-STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing")
 _PREVIEW_COLUMNS = ("custom_id", "status", "content", "error_message")
 
 
@@ -81,48 +83,78 @@ def request_preview(encoded: EncodedRequests) -> dg.TableMetadataValue:
 
 
 def input_file_metadata(encoded: EncodedRequests, job: BatchJob) -> dict[str, Any]:
-    """Request count, shards, bytes, sha256, file ids, a preview, and the uploaded job."""
-    return {
-        "inference_batch/request_count": len(encoded),
-        "inference_batch/shard_count": len(job.shards),
-        "inference_batch/bytes": encoded.nbytes,
-        "inference_batch/sha256": encoded.sha256(),
-        "inference_batch/endpoint": encoded.endpoint,
-        "inference_batch/file_ids": dg.MetadataValue.json([s.file_id for s in job.shards]),
-        "inference_batch/preview": request_preview(encoded),
-        JOB_KEY: dg.MetadataValue.json(job.to_dict()),
-    }
+    """The ``<name>_input_file`` materialization's metadata.
+
+    Args:
+        encoded: the request lines uploaded.
+        job: the job holding the uploaded files (no batches yet).
+
+    Returns:
+        Request count, shards, bytes, sha256, endpoint, file ids, a preview of the
+        requests, and the job itself (``inference_batch/job``).
+    """
+    return InferenceBatchMetadataSet(
+        request_count=len(encoded),
+        shard_count=len(job.shards),
+        bytes=encoded.nbytes,
+        sha256=encoded.sha256(),
+        endpoint=encoded.endpoint,
+        file_ids=[s.file_id for s in job.shards],
+        preview=request_preview(encoded),
+        job=job.to_dict(),
+    ).to_metadata()
 
 
-def progress_metadata(job: BatchJob) -> dict[str, Any]:
-    """Status and numeric progress of the latest attempt (completed, failed, total, %)."""
+def _progress(job: BatchJob) -> InferenceBatchMetadataSet:
     counts = job.request_counts()
     total = counts["total"]
     done = counts["completed"] + counts["failed"]
-    return {
-        "inference_batch/status": job.status,
-        "inference_batch/attempt": job.attempt,
-        "inference_batch/completed": counts["completed"],
-        "inference_batch/failed": counts["failed"],
-        "inference_batch/total": total,
-        "inference_batch/percent": round(100.0 * done / total, 1) if total else 0.0,
-    }
+    return InferenceBatchMetadataSet(
+        status=job.status,
+        attempt=job.attempt,
+        completed=counts["completed"],
+        failed=counts["failed"],
+        total=total,
+        percent=round(100.0 * done / total, 1) if total else 0.0,
+    )
+
+
+def progress_metadata(job: BatchJob) -> dict[str, Any]:
+    """Status and numeric progress of the latest attempt, for a progress observation.
+
+    Args:
+        job: the job as last refreshed.
+
+    Returns:
+        ``inference_batch/`` status, attempt, completed, failed, total and percent.
+
+    Example:
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> progress_metadata(job)["inference_batch/percent"]
+        0.0
+    """
+    return _progress(job).to_metadata()
 
 
 def batch_metadata(job: BatchJob) -> dict[str, Any]:
-    """Batch ids, status, counts, expiry and the job itself (read back by the sensor)."""
+    """The ``<name>_batch`` materialization's metadata (read back by the sensor).
+
+    Args:
+        job: the job as last refreshed.
+
+    Returns:
+        The progress of ``progress_metadata``, request count, batch ids, the job itself,
+        and the earliest expiry and the provider's errors when there are any.
+    """
     expiries = [s.expires_at for s in job.current_shards if s.expires_at]
-    metadata: dict[str, Any] = {
-        **progress_metadata(job),
-        "inference_batch/request_count": job.request_count,
-        "inference_batch/batch_ids": dg.MetadataValue.json(job.batch_ids),
-        JOB_KEY: dg.MetadataValue.json(job.to_dict()),
-    }
-    if expiries:
-        metadata["inference_batch/expires_at"] = dg.MetadataValue.timestamp(float(min(expiries)))
-    if job.errors():
-        metadata["inference_batch/errors"] = dg.MetadataValue.json(job.errors())
-    return metadata
+    return dataclasses.replace(
+        _progress(job),
+        request_count=job.request_count,
+        batch_ids=job.batch_ids,
+        job=job.to_dict(),
+        expires_at=float(min(expiries)) if expiries else None,
+        errors=job.errors() or None,
+    ).to_metadata()
 
 
 def seconds_to_final(job: BatchJob) -> float | None:
@@ -150,31 +182,38 @@ def token_usage(frame: pd.DataFrame) -> dict[str, int]:
 def results_metadata(
     frame: pd.DataFrame, collected: RecordedJob, job: BatchJob, cost: float | None
 ) -> dict[str, Any]:
-    """Row count, schema, counts per status, tokens, cost, time to final, a preview; the
-    ``<name>_batch`` materialization joined (``collected``, whose refreshed job is
-    ``job``) and the number of rows it submitted."""
+    """The ``<name>_results`` materialization's metadata.
+
+    Args:
+        frame: the results table.
+        collected: the ``<name>_batch`` materialization joined (its storage id and job).
+        job: that job as refreshed by the results step.
+        cost: the estimated cost in USD, or None without prices.
+
+    Returns:
+        Row count, schema, counts per status, tokens, cost, time to final, a preview,
+        the link to the batch materialization joined (``collected_storage_id`` and
+        ``job_key``) and the number of rows the job submitted.
+    """
     counts = frame["status"].value_counts()
-    usage = token_usage(frame)
     schema = dg.TableSchema(
         columns=[dg.TableColumn(str(c), str(t)) for c, t in frame.dtypes.items()]
     )
-    metadata: dict[str, Any] = {
-        COLLECTED_KEY: collected.storage_id,
-        COLLECTED_JOB_KEY: collected.job.idempotency_key,
-        "inference_batch/request_count": job.request_count,
+    elapsed = seconds_to_final(job)
+    fields = InferenceBatchMetadataSet(
+        collected_storage_id=collected.storage_id,
+        job_key=collected.job.idempotency_key,
+        request_count=job.request_count,
+        **{status: int(counts.get(status, 0)) for status in STATUSES},
+        **token_usage(frame),
+        attempts=job.attempt,
+        batch_ids=job.batch_ids,
+        preview=preview_table(frame, [c for c in _PREVIEW_COLUMNS if c in frame.columns]),
+        seconds_to_final=elapsed,
+        cost_usd=round(cost, 6) if cost is not None else None,
+    )
+    return {
         "dagster/row_count": len(frame),
         "dagster/column_schema": schema,
-        **{f"inference_batch/{s}": int(counts.get(s, 0)) for s in STATUSES},
-        **{f"inference_batch/{k}": v for k, v in usage.items()},
-        "inference_batch/attempts": job.attempt,
-        "inference_batch/batch_ids": dg.MetadataValue.json(job.batch_ids),
-        "inference_batch/preview": preview_table(
-            frame, [c for c in _PREVIEW_COLUMNS if c in frame.columns]
-        ),
+        **fields.to_metadata(),
     }
-    elapsed = seconds_to_final(job)
-    if elapsed is not None:
-        metadata["inference_batch/seconds_to_final"] = elapsed
-    if cost is not None:
-        metadata["inference_batch/cost_usd"] = round(cost, 6)
-    return metadata

@@ -23,11 +23,11 @@ from .client import (
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
 from .embedded_server import ensure_local_server
 from .errors import ProviderNotConfigured
+from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES
 
 LOCAL_PROVIDER = "local (synthetic answers)"
-PROVIDER_KEY = "inference_batch/provider"
 _announced_local_server: set[str] = set()  # log the "synthetic answers" notice once per URL
 
 
@@ -108,7 +108,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
     def provider_metadata(self) -> dict[str, str]:
         """``{"inference_batch/provider": ...}`` for every materialization."""
-        return {PROVIDER_KEY: self.provider}
+        return InferenceBatchMetadataSet(provider=self.provider).to_metadata()
 
     def _connection(self) -> tuple[str | None, str]:
         """(api key, base URL), starting the shared local server if asked to."""

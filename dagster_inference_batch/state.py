@@ -25,12 +25,12 @@ from typing import Literal
 import dagster as dg
 
 from .consistency import absent_files
+from .dagster_compat import latest_storage_id_by_partition
 from .job import BatchJob, StoredStateError
+from .metadata_set import InferenceBatchMetadataSet
 
-JOB_KEY = "inference_batch/job"
-CANCEL_KEY = "inference_batch/cancel_requested"
-COLLECTED_KEY = "inference_batch/collected_storage_id"  # on <name>_results: the batch it joined
-COLLECTED_JOB_KEY = "inference_batch/job_key"  # on <name>_results: that job's idempotency key
+JOB_KEY = InferenceBatchMetadataSet.key("job")  # alias for modules not yet on the set
+CANCEL_KEY = InferenceBatchMetadataSet.key("cancel_requested")  # same
 RESUBMITTABLE = frozenset({"expired", "cancelled"})
 
 Action = Literal["wait", "resubmit", "collect"]
@@ -57,26 +57,34 @@ class UnreadableJob:
 
 def _recorded(record: dg.EventLogRecord) -> RecordedJob | UnreadableJob | None:
     materialization = record.asset_materialization
-    if materialization is None or JOB_KEY not in materialization.metadata:
+    stored = materialization.metadata.get(JOB_KEY) if materialization is not None else None
+    if materialization is None or stored is None:
         return None
-    metadata = materialization.metadata
-    cancel = metadata.get(CANCEL_KEY)
-    try:
-        job = BatchJob.from_dict(metadata[JOB_KEY].value)
+    try:  # a job present but unreadable fails its partition: not read leniently
+        job = BatchJob.from_dict(stored.value)
     except StoredStateError as exc:
         return UnreadableJob(materialization.partition, record.storage_id, str(exc))
     return RecordedJob(
         partition=materialization.partition,
         storage_id=record.storage_id,
         job=job,
-        cancel_requested=bool(cancel.value) if cancel is not None else False,
+        cancel_requested=bool(
+            InferenceBatchMetadataSet.extract(materialization.metadata).cancel_requested
+        ),
     )
 
 
 def partition_of(
     context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext,
 ) -> str | None:
-    """The run's partition key, or None for an unpartitioned run."""
+    """The run's partition key, or None for an unpartitioned run.
+
+    Args:
+        context: the context of an asset, asset check or op.
+
+    Returns:
+        ``context.partition_key``, or None when the run has none.
+    """
     return context.partition_key if context.has_partition_key else None
 
 
@@ -85,12 +93,27 @@ def latest_job(
 ) -> RecordedJob | None:
     """The job recorded by the latest materialization of ``asset_key`` for ``partition``.
 
-    Raises ``dg.Failure`` when that job cannot be read (written by a newer version, or
-    broken), so only this partition's run fails.
+    Args:
+        instance: the Dagster instance whose event log holds the materializations.
+        asset_key: ``<name>_input_file`` or ``<name>_batch``.
+        partition: the partition key, or None for an unpartitioned asset.
+
+    Returns:
+        The recorded job with its materialization's storage id, or None when there is
+        no materialization or the latest one holds no job.
+
+    Raises:
+        dagster.Failure: the job cannot be read (written by a newer version, or broken),
+            so only this partition's run fails.
 
     Example:
-        >>> latest_job(instance, dg.AssetKey("reviews_batch"), None)  # doctest: +SKIP
-        RecordedJob(partition=None, storage_id=42, job=BatchJob(...), cancel_requested=False)
+        >>> instance = dg.DagsterInstance.ephemeral()
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> instance.report_runless_asset_event(dg.AssetMaterialization(
+        ...     "llm_batch", metadata=InferenceBatchMetadataSet(job=job.to_dict()).to_metadata()))
+        >>> recorded = latest_job(instance, dg.AssetKey("llm_batch"), None)
+        >>> recorded.job == job, recorded.cancel_requested
+        (True, False)
     """
     records_filter = dg.AssetRecordsFilter(
         asset_key=asset_key, asset_partitions=[partition] if partition is not None else None
@@ -102,7 +125,7 @@ def latest_job(
         raise dg.Failure(
             description=f"cannot use the job recorded by {asset_key.to_user_string()}{where} "
             f"(materialization {recorded.storage_id}): {recorded.error}",
-            metadata={"inference_batch/unreadable_job": recorded.error},
+            metadata=InferenceBatchMetadataSet(unreadable_job=recorded.error).to_metadata(),
         )
     return recorded
 
@@ -113,10 +136,7 @@ def _latest(
     """The latest materialization's storage id per partition, and the records already
     read on the way (the unpartitioned lookup reads the record itself)."""
     if partitioned:
-        latest = instance.get_latest_storage_id_by_partition(
-            asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION
-        )
-        return dict(latest), {}
+        return dict(latest_storage_id_by_partition(instance, asset_key)), {}
     records = instance.fetch_materializations(asset_key, limit=1).records
     if not records:
         return {}, {}
@@ -143,12 +163,19 @@ def _records(
 
 
 def collected_storage_id(record: dg.EventLogRecord) -> int | None:
-    """The storage id of the ``<name>_batch`` materialization a ``<name>_results``
-    materialization joined, or None for results written before the link existed."""
+    """The ``<name>_batch`` materialization a ``<name>_results`` materialization joined.
+
+    Args:
+        record: a ``<name>_results`` materialization record.
+
+    Returns:
+        Its ``inference_batch/collected_storage_id``, or None for results written
+        before the link existed.
+    """
     materialization = record.asset_materialization
-    value = materialization.metadata.get(COLLECTED_KEY) if materialization else None
-    linked = value.value if value is not None else None
-    return linked if isinstance(linked, int) and not isinstance(linked, bool) else None
+    if materialization is None:
+        return None
+    return InferenceBatchMetadataSet.extract(materialization.metadata).collected_storage_id
 
 
 def uncollected_jobs(
@@ -167,8 +194,25 @@ def uncollected_jobs(
     than it cannot have joined it): the latest storage ids of both assets, then one
     batched fetch of those results' records and one of the uncollected batches'.
 
-    These are the batches in flight, or final and waiting for their results run; those
-    whose recorded job cannot be read come second, so the rest carry on without them.
+    Args:
+        instance: the Dagster instance whose event log holds the materializations.
+        batch_key: the ``<name>_batch`` asset.
+        results_key: the ``<name>_results`` asset.
+        partitioned: whether the assets are partitioned.
+
+    Returns:
+        The jobs in flight, or final and waiting for their results run (by partition);
+        then those whose recorded job cannot be read, so the rest carry on without them.
+
+    Example:
+        >>> instance = dg.DagsterInstance.ephemeral()
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> instance.report_runless_asset_event(dg.AssetMaterialization("llm_batch",
+        ...     partition="a", metadata=InferenceBatchMetadataSet(job=job.to_dict()).to_metadata()))
+        >>> jobs, unreadable = uncollected_jobs(instance, dg.AssetKey("llm_batch"),
+        ...     dg.AssetKey("llm_results"), partitioned=True)
+        >>> [r.partition for r in jobs], unreadable
+        (['a'], [])
     """
     batches, known_batches = _latest(instance, batch_key, partitioned)
     results, known_results = _latest(instance, results_key, partitioned)
@@ -199,15 +243,31 @@ def uncollected_jobs(
 
 
 def next_action(job: BatchJob, *, max_attempts: int, cancel_requested: bool = False) -> Action:
-    """What a job needs: ``wait`` while running, ``resubmit`` an expired or cancelled
-    remainder, or the rows of a batch taken as final without the files its counts promise
-    (the client waits for those first), while attempts remain and not after a cancel the
-    user asked for; else ``collect`` its results.
+    """What a recorded job needs next.
+
+    ``resubmit`` covers an expired or cancelled remainder, and the rows of a batch taken
+    as final without the files its counts promise (the client waits for those first),
+    while attempts remain and not after a cancel the user asked for.
+
+    Args:
+        job: the job as last refreshed.
+        max_attempts: the attempts allowed, the first submission included.
+        cancel_requested: the user cancelled the job (nothing is resubmitted).
+
+    Returns:
+        ``"wait"`` while a batch of the latest attempt runs, ``"resubmit"`` for rows
+        left over, else ``"collect"`` its results.
 
     Example:
-        >>> next_action(BatchJob(endpoint="/v1/chat/completions", idempotency_key="k"),
-        ...             max_attempts=2)
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> next_action(job, max_attempts=2)
         'wait'
+        >>> from dagster_inference_batch import BatchShard
+        >>> job.shards = [BatchShard(index=0, attempt=1, idempotency_key="k-0",
+        ...     file_id="f", request_count=1, bytes=10, sha256="", batch_id="b",
+        ...     status="expired")]
+        >>> next_action(job, max_attempts=2), next_action(job, max_attempts=1)
+        ('resubmit', 'collect')
     """
     if not job.is_final:
         return "wait"

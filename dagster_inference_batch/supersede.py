@@ -19,9 +19,10 @@ import dagster as dg
 from .client import InferenceBatchClient
 from .errors import BatchAPIError
 from .job import BatchJob
+from .metadata_set import InferenceBatchMetadataSet
 from .state import latest_job
 
-SUPERSEDED_KEY = "inference_batch/superseded"
+SUPERSEDED_KEY = InferenceBatchMetadataSet.key("superseded")  # alias until assets.py uses the set
 _CANCELLING = ("cancelling", "cancelled")
 
 
