@@ -52,8 +52,17 @@ def _kind(value: Any) -> str:
 
 
 def stored_format_version(data: Any, what: str) -> int:
-    """The ``format_version`` of the stored record ``data`` (1 when absent), checked to be
-    one this code reads; ``what`` names the record in the error.
+    """The ``format_version`` of a stored record, checked to be one this code reads.
+
+    Args:
+        data: the stored record (a JSON object).
+        what: names the record in the error.
+
+    Returns:
+        The version; 1 when absent.
+
+    Raises:
+        StoredStateError: ``data`` is not an object, or its version is invalid or newer.
 
     Example:
         >>> stored_format_version({"endpoint": "/v1/embeddings"}, "a job")
@@ -103,9 +112,29 @@ def _field_rules(cls: type) -> list[tuple[str, str, tuple[type, ...], bool]]:
 
 
 def read_stored_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
-    """Keyword arguments for the dataclass ``cls`` from a stored dict: unknown keys are
-    ignored, a missing (or null) field with a default is left to its default, and every
-    value is checked to have the annotated JSON type (containers by their outer type)."""
+    """Keyword arguments for the dataclass ``cls`` from a stored dict.
+
+    Unknown keys are ignored, a missing (or null) field with a default is left to its
+    default, and every value is checked to have the annotated JSON type (containers by
+    their outer type).
+
+    Args:
+        cls: the dataclass to build.
+        data: the stored record.
+        what: names the record in errors.
+
+    Returns:
+        The fields found, to pass to ``cls(**...)``.
+
+    Raises:
+        StoredStateError: ``data`` is not an object, lacks a required field, or holds a
+            value of the wrong type.
+
+    Example:
+        >>> read_stored_fields(BatchJob, {"endpoint": "/v1/embeddings",
+        ...     "idempotency_key": "k", "unknown": 1}, "a job")
+        {'endpoint': '/v1/embeddings', 'idempotency_key': 'k'}
+    """
     if not isinstance(data, dict):
         raise StoredStateError(f"{what} is not a JSON object but {_kind(data)}")
     values: dict[str, Any] = {}
@@ -125,7 +154,19 @@ def read_stored_fields(cls: type, data: Any, what: str) -> dict[str, Any]:
 
 @dataclass
 class BatchShard:
-    """One uploaded file and (once created) the provider batch that runs it."""
+    """One uploaded file and (once created) the provider batch that runs it.
+
+    Stored inside its ``BatchJob`` (``BatchJob.to_dict`` / ``from_dict``).
+
+    Example:
+        >>> shard = BatchShard(index=0, attempt=1, idempotency_key="k-0", file_id="file-1",
+        ...     request_count=2, bytes=180, sha256="ab", batch_id="batch_1", status="completed")
+        >>> shard.is_final
+        True
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k", shards=[shard])
+        >>> BatchJob.from_dict(job.to_dict()).shards == [shard]
+        True
+    """
 
     index: int
     attempt: int
@@ -148,6 +189,7 @@ class BatchShard:
 
     @property
     def is_final(self) -> bool:
+        """Whether the batch ended: completed, failed, expired or cancelled."""
         return self.status in FINAL_STATUSES
 
 
@@ -157,6 +199,10 @@ class BatchJob:
 
     Example:
         >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> job.to_dict()["format_version"], job.status
+        (1, 'uploaded')
+        >>> BatchJob.from_dict(job.to_dict()) == job
+        True
         >>> BatchJob.from_json(job.to_json()) == job
         True
     """
@@ -185,6 +231,7 @@ class BatchJob:
 
     @property
     def batch_ids(self) -> list[str]:
+        """The provider batch ids of every attempt, oldest first."""
         return [s.batch_id for s in self.shards if s.batch_id]
 
     @property
@@ -217,7 +264,11 @@ class BatchJob:
         return "completed"  # pragma: no cover - every final status is listed above
 
     def request_counts(self) -> dict[str, int]:
-        """Totals over the latest attempt: total, completed, failed."""
+        """The provider's request counts, summed over the latest attempt.
+
+        Returns:
+            ``{"total": ..., "completed": ..., "failed": ...}``.
+        """
         totals = {"total": 0, "completed": 0, "failed": 0}
         for shard in self.current_shards:
             for key in totals:
@@ -225,7 +276,11 @@ class BatchJob:
         return totals
 
     def usage(self) -> dict[str, int]:
-        """Token totals over every attempt: input_tokens, output_tokens, total_tokens."""
+        """The provider's token usage, summed over every attempt.
+
+        Returns:
+            ``{"input_tokens": ..., "output_tokens": ..., "total_tokens": ...}``.
+        """
         totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         for shard in self.shards:
             for key in totals:
@@ -233,7 +288,12 @@ class BatchJob:
         return totals
 
     def errors(self) -> list[dict[str, Any]]:
-        """The provider's ``errors.data`` entries of every failed shard, tagged with batch_id."""
+        """Why the latest attempt's failed batches failed.
+
+        Returns:
+            The provider's ``errors.data`` entries of each failed shard, each tagged with
+            its ``batch_id``.
+        """
         return [
             {**error, "batch_id": s.batch_id}
             for s in self.current_shards
@@ -242,10 +302,19 @@ class BatchJob:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        """The job as stored: its fields, stamped with ``format_version``."""
+        """The job as stored.
+
+        Returns:
+            Its fields (shards as dicts), stamped with ``format_version``.
+        """
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
+        """``to_dict`` as JSON text.
+
+        Returns:
+            The JSON text.
+        """
         return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
@@ -254,8 +323,17 @@ class BatchJob:
 
         Unknown fields (of the job and of each shard) are ignored and a missing optional
         field takes its default, so a record written by a version with more or fewer
-        fields still reads. Raises ``StoredStateError`` for a record of a newer
-        ``format_version`` or one too broken to use.
+        fields still reads.
+
+        Args:
+            data: the stored dict.
+
+        Returns:
+            The job.
+
+        Raises:
+            StoredStateError: a record of a newer ``format_version``, or one too broken
+                to use.
 
         Example:
             >>> BatchJob.from_dict(
@@ -274,7 +352,17 @@ class BatchJob:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BatchJob:
-        """``from_dict`` of JSON text; text that is not JSON raises ``StoredStateError``."""
+        """``from_dict`` of JSON text.
+
+        Args:
+            text: the JSON text ``to_json`` wrote.
+
+        Returns:
+            The job.
+
+        Raises:
+            StoredStateError: the text is not JSON, or ``from_dict`` refuses it.
+        """
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:

@@ -46,6 +46,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
         >>> demo = InferenceBatchResource(use_local_server=True)  # development only
         >>> demo.provider
         'local (synthetic answers)'
+        >>> defs = dg.Definitions(resources={"inference_batch": demo})
     """
 
     api_key: str | None = Field(
@@ -100,14 +101,32 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
     @property
     def provider(self) -> str:
-        """What answers the requests, as shown in metadata: the base URL, or
-        ``local (synthetic answers)``. Starts nothing and never shows the key."""
+        """What answers the requests, as shown in metadata.
+
+        Starts nothing and never shows the key.
+
+        Returns:
+            The configured base URL (else ``INFERENCE_BASE_URL``, else Inference.net's),
+            or ``local (synthetic answers)`` with ``use_local_server``.
+
+        Example:
+            >>> InferenceBatchResource(base_url="https://api.openai.com/v1").provider
+            'https://api.openai.com/v1'
+        """
         if self.use_local_server:
             return LOCAL_PROVIDER
         return self._configured_url() or DEFAULT_BASE_URL
 
     def provider_metadata(self) -> dict[str, str]:
-        """``{"inference_batch/provider": ...}`` for every materialization."""
+        """The provider as metadata, for every materialization.
+
+        Returns:
+            ``{"inference_batch/provider": provider}``.
+
+        Example:
+            >>> InferenceBatchResource(base_url="https://api.openai.com/v1").provider_metadata()
+            {'inference_batch/provider': 'https://api.openai.com/v1'}
+        """
         return InferenceBatchMetadataSet(provider=self.provider).to_metadata()
 
     def _connection(self) -> tuple[str | None, str]:
@@ -138,10 +157,22 @@ class InferenceBatchResource(dg.ConfigurableResource):
         return api_key, base_url or DEFAULT_BASE_URL
 
     def get_client(self) -> InferenceBatchClient:
-        """A client for this configuration.
+        """A client for this configuration (close it, or use it in a ``with`` block).
+
+        Returns:
+            An ``InferenceBatchClient`` with this resource's connection and limits,
+            logging to the Dagster logger.
 
         Raises:
-            ProviderNotConfigured: no key, no base URL and ``use_local_server`` off.
+            ProviderNotConfigured: no key and no base URL (neither set here nor in the
+                environment) and ``use_local_server`` off, or both ``base_url`` and
+                ``use_local_server``.
+
+        Example:
+            >>> resource = InferenceBatchResource(api_key="test-key", base_url=local_server_url)
+            >>> with resource.get_client() as batch_client:
+            ...     batch_client.base_url == local_server_url
+            True
         """
         api_key, base_url = self._connection()
         return InferenceBatchClient(
@@ -160,7 +191,20 @@ class InferenceBatchResource(dg.ConfigurableResource):
         )
 
     def cost(self, usage: dict[str, int]) -> float | None:
-        """USD for token ``usage`` at the configured prices, or None without prices."""
+        """The cost of token ``usage`` at the configured prices.
+
+        Args:
+            usage: ``input_tokens`` and ``output_tokens`` counts.
+
+        Returns:
+            USD, or None unless both prices are set.
+
+        Example:
+            >>> InferenceBatchResource(price_per_million_input_tokens=1.0,
+            ...     price_per_million_output_tokens=2.0).cost({"input_tokens": 1_000_000,
+            ...     "output_tokens": 500_000})
+            2.0
+        """
         if (
             self.price_per_million_input_tokens is None
             or self.price_per_million_output_tokens is None
