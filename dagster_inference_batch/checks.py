@@ -15,10 +15,18 @@ from .state import latest_job, partition_of
 
 
 def completeness(results: pd.DataFrame, submitted_rows: int) -> dict[str, int]:
-    """Counts of what keeps ``results`` from holding each of the ``submitted_rows``
-    submitted custom_ids exactly once, answered. The results step joins answers to the
-    submitted ids only (it refuses an upstream whose rows changed), so counting is
-    enough: distinct ids short of the submitted rows are absent, beyond them extra.
+    """Counts of what keeps ``results`` from holding each submitted row once, answered.
+
+    The results step joins answers to the submitted ids only (it refuses an upstream
+    whose rows changed), so counting is enough: distinct ids short of the submitted
+    rows are absent, beyond them extra.
+
+    Args:
+        results: the results table (``custom_id`` and ``status`` columns).
+        submitted_rows: how many rows the job submitted.
+
+    Returns:
+        ``duplicate_rows``, ``absent_rows``, ``extra_rows`` and ``unanswered_rows``.
 
     Example:
         >>> frame = pd.DataFrame({"custom_id": ["a", "a"], "status": ["succeeded"] * 2})
@@ -36,7 +44,20 @@ def completeness(results: pd.DataFrame, submitted_rows: int) -> dict[str, int]:
 
 
 def complete_result(results: pd.DataFrame, submitted_rows: int) -> dg.AssetCheckResult:
-    """``<name>_results_complete``: every submitted row exactly once, none ``missing``."""
+    """``<name>_results_complete``: every submitted row exactly once, none ``missing``.
+
+    Args:
+        results: the results table.
+        submitted_rows: how many rows the job submitted.
+
+    Returns:
+        A blocking (ERROR) check result with the counts of ``completeness`` as metadata.
+
+    Example:
+        >>> frame = pd.DataFrame({"custom_id": ["a"], "status": ["succeeded"]})
+        >>> complete_result(frame, 1).passed
+        True
+    """
     problems = completeness(results, submitted_rows)
     return dg.AssetCheckResult(
         passed=not any(problems.values()),
@@ -46,7 +67,20 @@ def complete_result(results: pd.DataFrame, submitted_rows: int) -> dg.AssetCheck
 
 
 def failure_rate_result(results: pd.DataFrame, max_failure_rate: float) -> dg.AssetCheckResult:
-    """``<name>_results_failure_rate``: at most ``max_failure_rate`` rows not succeeded."""
+    """``<name>_results_failure_rate``: at most ``max_failure_rate`` rows not succeeded.
+
+    Args:
+        results: the results table.
+        max_failure_rate: the share of rows allowed not to succeed.
+
+    Returns:
+        A WARN check result with the rate as metadata.
+
+    Example:
+        >>> frame = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded", "failed"]})
+        >>> failure_rate_result(frame, 0.25).passed
+        False
+    """
     not_succeeded = int((results["status"] != "succeeded").sum())
     rate = not_succeeded / len(results) if len(results) else 0.0
     return dg.AssetCheckResult(
@@ -67,9 +101,29 @@ def submitted_rows(
     partition: str | None,
     results: pd.DataFrame,
 ) -> int:
-    """How many rows the job behind the stored results submitted: the latest results
-    materialization's ``inference_batch/request_count``; for results written before it
-    was recorded, the latest batch job's count; else the distinct ids stored."""
+    """How many rows the job behind the stored results submitted.
+
+    Args:
+        instance: the Dagster instance.
+        results_key: the ``<name>_results`` asset.
+        batch_key: the ``<name>_batch`` asset.
+        partition: the partition key, or None.
+        results: the stored results table.
+
+    Returns:
+        The latest results materialization's ``inference_batch/request_count``; for
+        results written before it was recorded, the latest batch job's count; else the
+        distinct ids stored.
+
+    Raises:
+        dagster.Failure: the batch job had to be read and cannot be.
+
+    Example:
+        >>> frame = pd.DataFrame({"custom_id": ["a", "b", "b"]})
+        >>> submitted_rows(dg.DagsterInstance.ephemeral(), dg.AssetKey("llm_results"),
+        ...     dg.AssetKey("llm_batch"), None, frame)
+        2
+    """
     records_filter = dg.AssetRecordsFilter(
         asset_key=results_key, asset_partitions=[partition] if partition is not None else None
     )
@@ -93,7 +147,24 @@ def build_results_checks(
     partitions_def: dg.PartitionsDefinition | None,
     max_failure_rate: float,
 ) -> list[dg.AssetChecksDefinition]:
-    """``<name>_results_complete`` (blocking) and ``<name>_results_failure_rate``."""
+    """The two checks of ``<name>_results``.
+
+    Args:
+        name: the pipeline's name.
+        results_key: the ``<name>_results`` asset.
+        batch_key: the ``<name>_batch`` asset.
+        partitions_def: the results' partitions, or None.
+        max_failure_rate: the threshold of the failure-rate check.
+
+    Returns:
+        ``<name>_results_complete`` (blocking) and ``<name>_results_failure_rate``.
+
+    Example:
+        >>> checks = build_results_checks("llm", results_key=dg.AssetKey("llm_results"),
+        ...     batch_key=dg.AssetKey("llm_batch"), partitions_def=None, max_failure_rate=0.1)
+        >>> [next(iter(c.check_specs)).name for c in checks]
+        ['llm_results_complete', 'llm_results_failure_rate']
+    """
 
     @dg.asset_check(
         asset=results_key,

@@ -17,6 +17,16 @@ def parse_content_columns(frame: pd.DataFrame, parse: ContentParser) -> pd.DataF
     Rows that did not succeed get empty values; a row whose content ``parse`` refuses
     (``ValueError``, ``TypeError``, ``KeyError``) keeps the reason in ``parse_error``.
 
+    Args:
+        frame: the results table (``status`` and ``content`` columns).
+        parse: turns one answer's content into a mapping of column to value.
+
+    Returns:
+        ``frame`` with one column per key parsed, and ``parse_error``.
+
+    Raises:
+        ValueError: a parsed key clashes with a column of ``frame``.
+
     Example:
         >>> import json
         >>> frame = pd.DataFrame({"status": ["succeeded", "failed"],

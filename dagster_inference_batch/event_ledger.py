@@ -31,14 +31,27 @@ INTENT_UNKNOWN = "unknown"
 
 
 class EventLogLedger:
-    """A ``Ledger`` (see ``ledger.py``) kept in the event log of one partition; it keeps
-    intents (``IntentLedger``) and lists ids in the order recorded (``OrderedLedger``).
+    """A ``Ledger`` (see ``ledger.py``) kept in the event log of one partition.
+
+    It keeps intents (``IntentLedger``) and lists ids in the order recorded
+    (``OrderedLedger``).
+
+    Args:
+        instance: the Dagster instance whose event log holds the records.
+        partition: the partition the records belong to, or None.
+        input_file_key: the asset uploads are recorded on (``<name>_input_file``).
+        batch_key: the asset batches and intents are recorded on (``<name>_batch``).
 
     Example:
-        >>> ledger = EventLogLedger(instance, partition=None,  # doctest: +SKIP
+        >>> instance = dg.DagsterInstance.ephemeral()
+        >>> ledger = EventLogLedger(instance, partition=None,
         ...     input_file_key=dg.AssetKey("llm_input_file"), batch_key=dg.AssetKey("llm_batch"))
-        >>> job = client.create(client.upload(frame, ledger=ledger), ledger=ledger)
-        ... # doctest: +SKIP
+        >>> lines = [{"custom_id": "a", "body": {"model": "m", "prompt": "hi"}}]
+        >>> job = client.create(client.upload(lines, endpoint="/v1/completions", ledger=ledger),
+        ...     ledger=ledger)
+        >>> ledger.recorded("batch", [job.shards[0].idempotency_key]) == {
+        ...     job.shards[0].idempotency_key: job.batch_ids[0]}
+        True
     """
 
     keeps_intents = True
@@ -60,6 +73,13 @@ class EventLogLedger:
         }
 
     def record(self, kind: Kind, key: str, object_id: str) -> None:
+        """Record ``object_id`` for ``key`` as a runless observation, written at once.
+
+        Args:
+            kind: ``"file"``, ``"batch"`` or ``"intent"``.
+            key: the shard's idempotency key.
+            object_id: the file or batch id (an intent's is a placeholder).
+        """
         described = {"file": "uploaded", "batch": "created", "intent": "creating"}[kind]
         self._instance.report_runless_asset_event(
             dg.AssetObservation(
@@ -73,13 +93,21 @@ class EventLogLedger:
         )
 
     def recorded(self, kind: Kind, keys: Collection[str]) -> dict[str, str]:
-        """Ids recorded for ``keys``: the ledger observations, newest first, every page
-        until each key is found; for batches also the latest materialization's job.
+        """Ids recorded for ``keys``.
 
-        For ``"intent"``, the keys that may have been tried: those with an intent, or
-        every key (id ``INTENT_UNKNOWN``) when the partition holds batches recorded
-        without one (by a version that wrote no intents), which the client then looks
-        for in the provider's listing as before.
+        Reads the ledger observations newest first, page by page until each key is
+        found; for batches also the latest materialization's job. For ``"intent"``, the
+        keys that may have been tried: those with an intent, or every key (id
+        ``INTENT_UNKNOWN``) when the partition holds batches recorded without one (by a
+        version that wrote no intents), which the client then looks for in the
+        provider's listing as before.
+
+        Args:
+            kind: ``"file"``, ``"batch"`` or ``"intent"``.
+            keys: the idempotency keys looked for.
+
+        Returns:
+            ``{key: id}`` for the keys found (the newest record of each).
         """
         wanted = set(keys)
         if not wanted:
@@ -95,8 +123,16 @@ class EventLogLedger:
         return found
 
     def recorded_in_order(self, kind: Kind, keys: Collection[str]) -> dict[str, list[str]]:
-        """Every id recorded for each of ``keys``, oldest record first (the event log's
-        storage order: with SQLite, the order the records were committed)."""
+        """Every id recorded for each of ``keys``, oldest record first.
+
+        Args:
+            kind: ``"file"`` or ``"batch"``.
+            keys: the idempotency keys looked for.
+
+        Returns:
+            ``{key: [id, ...]}`` in the event log's storage order (with SQLite, the order
+            the records were committed).
+        """
         wanted = set(keys)
         ordered: dict[str, list[str]] = {}
         for entry in self._entries(kind, ascending=True):

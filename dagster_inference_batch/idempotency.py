@@ -51,13 +51,36 @@ _STOPPED = ("completed", "failed", "expired", "cancelled")
 
 
 def keeps_intents(ledger: Ledger | None) -> bool:
-    """Whether ``ledger`` keeps intents (see ``ledger.IntentLedger``)."""
+    """Whether ``ledger`` keeps intents (see ``ledger.IntentLedger``).
+
+    Args:
+        ledger: the caller's ledger, or None.
+
+    Returns:
+        True when it declares ``keeps_intents = True``.
+
+    Example:
+        >>> keeps_intents(None)
+        False
+    """
     return ledger is not None and getattr(ledger, "keeps_intents", False) is True
 
 
 def possibly_tried(ledger: Ledger | None, keys: Collection[str]) -> set[str]:
-    """Of ``keys``, those whose batch may exist without a record: every key, unless the
-    caller's ledger keeps intents and holds none for it (never tried)."""
+    """Of ``keys``, those whose batch may exist without a record.
+
+    Args:
+        ledger: the caller's ledger, or None.
+        keys: the batch keys about to be created.
+
+    Returns:
+        Every key, unless the ledger keeps intents: then only the keys it holds an
+        intent for (the others were never tried).
+
+    Example:
+        >>> sorted(possibly_tried(None, ["k-0", "k-1"]))
+        ['k-0', 'k-1']
+    """
     if not keeps_intents(ledger):
         return set(keys)
     assert ledger is not None
@@ -65,13 +88,28 @@ def possibly_tried(ledger: Ledger | None, keys: Collection[str]) -> set[str]:
 
 
 def record_intent(ledger: Ledger | None, key: str) -> None:
-    """Record, before a create, that a batch for ``key`` is about to be created."""
+    """Record, before a create, that a batch for ``key`` is about to be created.
+
+    Does nothing unless ``ledger`` keeps intents.
+
+    Args:
+        ledger: the caller's ledger, or None.
+        key: the batch key.
+    """
     if keeps_intents(ledger):
         assert ledger is not None
         ledger.record("intent", key, INTENT_ID)
 
 
 def key_of(batch: Any) -> str | None:
+    """The idempotency key a provider batch carries in its metadata.
+
+    Args:
+        batch: a batch as the provider returns it.
+
+    Returns:
+        Its ``metadata["idempotency_key"]``, or None.
+    """
     return (getattr(batch, "metadata", None) or {}).get("idempotency_key")
 
 
@@ -82,12 +120,27 @@ def batches_by_key(
     until_ids: Collection[str] | None = None,
     tail: int = RELIST_TAIL,
 ) -> tuple[dict[str, list[Any]], set[str]]:
-    """The batches of a newest-first ``listing`` that carry one of ``keys``, each key's
-    OLDEST first, and the ids of ``until_ids`` never listed.
+    """The batches of a newest-first listing that carry one of ``keys``.
 
     Reading stops ``tail`` batches after every key was found (or, with ``until_ids``,
     after each of those ids was listed), or when the listing ends: duplicates of a key
     are made within moments of each other, so they sit close together in the listing.
+
+    Args:
+        listing: the provider's batches, newest first.
+        keys: the batch keys looked for.
+        until_ids: batch ids that must be read past, if any.
+        tail: how many batches to read past the last one looked for.
+
+    Returns:
+        Each key's batches, OLDEST first, and the ids of ``until_ids`` never listed.
+
+    Example:
+        >>> from types import SimpleNamespace as Batch
+        >>> listing = [Batch(id=f"b{n}", metadata={"idempotency_key": "k"}) for n in (2, 1)]
+        >>> found, unseen = batches_by_key(listing, ["k"], until_ids=["b2"])
+        >>> [b.id for b in found["k"]], unseen
+        (['b1', 'b2'], set())
     """
     keys = set(keys)
     missing = set(until_ids or ())
@@ -128,10 +181,19 @@ class RaceCheck:
     wait_seconds: float = RACE_CANCEL_WAIT_SECONDS
 
     def settle(self, created: dict[str, Any], ledger: Ledger | None) -> dict[str, Any]:
-        """For each key -> batch this call created, the batch the key ends on: its own,
-        or an older one created by a racing call (its own then cancelled). Best effort:
-        a failed re-list or cancel is logged, never raised (the batches exist and are
-        recorded)."""
+        """Settle the batches this call created against racing creates of the same keys.
+
+        Best effort: a failed re-list or cancel is logged, never raised (the batches
+        exist and are recorded).
+
+        Args:
+            created: key -> batch this call created.
+            ledger: the caller's ledger, used when the provider lists no batches.
+
+        Returns:
+            Key -> the batch the key ends on: its own, or an older one created by a
+            racing call (its own then cancelled).
+        """
         if not created:
             return {}
         try:

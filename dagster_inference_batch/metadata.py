@@ -46,6 +46,13 @@ def _column_type(column: pd.Series) -> str:
 def preview_table(frame: pd.DataFrame, columns: Sequence[str]) -> dg.TableMetadataValue:
     """The first rows of ``frame`` as a table, long values cut short.
 
+    Args:
+        frame: the table to preview.
+        columns: the columns shown, in order.
+
+    Returns:
+        A table of ``PREVIEW_ROWS`` rows at most, each value at most ``PREVIEW_CHARS``.
+
     Example:
         >>> preview_table(pd.DataFrame({"a": ["x"]}), ["a"]).records[0].data
         {'a': 'x'}
@@ -68,7 +75,14 @@ def _last_input(body: dict[str, Any]) -> Any:
 
 
 def request_preview(encoded: EncodedRequests) -> dg.TableMetadataValue:
-    """The first request lines: custom_id, model, the last input and the line's size."""
+    """A preview of the first request lines.
+
+    Args:
+        encoded: the request lines.
+
+    Returns:
+        A table of custom_id, model, the last input and the line's size.
+    """
     lines = encoded.lines[:PREVIEW_ROWS]
     bodies = [orjson.loads(line)["body"] for line in lines]
     frame = pd.DataFrame(
@@ -160,7 +174,16 @@ def batch_metadata(job: BatchJob) -> dict[str, Any]:
 def seconds_to_final(job: BatchJob) -> float | None:
     """Seconds from the first submission to the last shard's final state.
 
-    Providers stamp batches in whole seconds, so the result is clamped at zero.
+    Args:
+        job: the job as last refreshed.
+
+    Returns:
+        The seconds, clamped at zero (providers stamp batches in whole seconds), or None
+        before any shard finished.
+
+    Example:
+        >>> seconds_to_final(BatchJob(endpoint="/v1/embeddings", idempotency_key="k")) is None
+        True
     """
     finished = [s.finished_at for s in job.shards if s.finished_at]
     if job.submitted_at is None or not finished:
@@ -169,7 +192,18 @@ def seconds_to_final(job: BatchJob) -> float | None:
 
 
 def token_usage(frame: pd.DataFrame) -> dict[str, int]:
-    """Token totals over the results, keyed like the Batch API's usage object."""
+    """Token totals over the results, keyed like the Batch API's usage object.
+
+    Args:
+        frame: the results table (``prompt_tokens`` and ``completion_tokens`` columns).
+
+    Returns:
+        ``input_tokens``, ``output_tokens`` and ``total_tokens``.
+
+    Example:
+        >>> token_usage(pd.DataFrame({"prompt_tokens": [3, None], "completion_tokens": [2, 1]}))
+        {'input_tokens': 3, 'output_tokens': 3, 'total_tokens': 6}
+    """
     prompt = int(frame["prompt_tokens"].fillna(0).sum())
     completion = int(frame["completion_tokens"].fillna(0).sum())
     return {

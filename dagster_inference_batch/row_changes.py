@@ -44,14 +44,26 @@ class RowChanges:
         return bool(self.added.count or self.removed.count or self.changed.count)
 
     def describe(self) -> str:
-        """``"1 added (r4), 0 removed, 2 changed (r1, r2)"``."""
+        """The changes in words, e.g. ``"1 added (r4), 0 removed, 2 changed (r1, r2)"``.
+
+        Returns:
+            The description.
+        """
         return ", ".join(
             (self.added.describe("added"), self.removed.describe("removed"),
              self.changed.describe("changed"))
         )  # fmt: skip
 
     def as_metadata(self) -> dict[str, dict[str, object]]:
-        """Counts and example ids per kind, for a JSON metadata value."""
+        """Counts and example ids per kind, for a JSON metadata value.
+
+        Returns:
+            ``{"added": {"count", "examples"}, "removed": ..., "changed": ...}``.
+
+        Example:
+            >>> compare_lines([("a", b"1")], ["a"], [b"2"]).as_metadata()["changed"]
+            {'count': 1, 'examples': ['a']}
+        """
         return {
             kind: {"count": value.count, "examples": value.examples}
             for kind, value in (
@@ -65,9 +77,18 @@ class RowChanges:
 def compare_lines(
     submitted: Iterable[tuple[str, bytes]], custom_ids: Sequence[str], lines: Sequence[bytes]
 ) -> RowChanges:
-    """What changed from the ``submitted`` (custom_id, line) pairs to the current lines
-    (``custom_ids[i]`` is the id of ``lines[i]``). Lines are compared byte for byte
-    without their line endings; the order of the lines does not count.
+    """What changed from the submitted request lines to the current ones.
+
+    Lines are compared byte for byte without their line endings; the order of the lines
+    does not count.
+
+    Args:
+        submitted: the (custom_id, line) pairs the job submitted.
+        custom_ids: the current ids; ``custom_ids[i]`` is the id of ``lines[i]``.
+        lines: the current request lines.
+
+    Returns:
+        The ids added, removed and changed (true when anything changed).
 
     Example:
         >>> changes = compare_lines([("a", b"1"), ("b", b"2")], ["b", "c"], [b"3", b"4"])

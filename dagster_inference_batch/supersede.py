@@ -32,8 +32,22 @@ def recorded_job(
     partition: str | None,
     log: logging.Logger | dg.DagsterLogManager,
 ) -> BatchJob | None:
-    """The job the partition's latest batch materialization holds, if this version can
-    read it (one it cannot is left alone, with a warning)."""
+    """The job the partition's latest batch materialization holds.
+
+    Args:
+        instance: the Dagster instance.
+        batch_key: the ``<name>_batch`` asset.
+        partition: the partition key, or None.
+        log: where a job this version cannot read is reported (it is left alone).
+
+    Returns:
+        The job, or None when there is none or it cannot be read.
+
+    Example:
+        >>> recorded_job(dg.DagsterInstance.ephemeral(), dg.AssetKey("llm_batch"), None,
+        ...     logging.getLogger()) is None
+        True
+    """
     try:
         recorded = latest_job(instance, batch_key, partition)
     except dg.Failure as failure:
@@ -48,10 +62,32 @@ def cancel_superseded_batches(
     job: BatchJob,
     log: logging.Logger | dg.DagsterLogManager,
 ) -> dict[str, Any] | None:
-    """Cancel what still runs of ``previous`` when ``job`` supersedes it (another key)
-    and it was not final as recorded; returns the ``inference_batch/superseded`` value
-    (``job_key``, ``batch_ids``, ``cancelled``, and ``error`` if the cancel failed), or
-    None when nothing was superseded."""
+    """Cancel what still runs of ``previous`` when ``job`` supersedes it.
+
+    ``job`` supersedes ``previous`` when its idempotency key differs and ``previous``
+    was not final as recorded. The cancel is best effort: a provider error is logged
+    and reported in the returned value, not raised.
+
+    Args:
+        client: the client of the batch step.
+        previous: the job the partition held.
+        job: the job just submitted.
+        log: where what was done is reported.
+
+    Returns:
+        The ``inference_batch/superseded`` value (``job_key``, ``batch_ids``,
+        ``cancelled``, and ``error`` if the cancel failed), or None when nothing was
+        superseded.
+
+    Example:
+        >>> lines = [{"custom_id": "a", "body": {"model": "m", "prompt": "old"}}]
+        >>> old = client.submit(lines, endpoint="/v1/completions")
+        >>> new = client.submit([{"custom_id": "a", "body": {"model": "m", "prompt": "new"}}],
+        ...     endpoint="/v1/completions")
+        >>> superseded = cancel_superseded_batches(client, old, new, logging.getLogger())
+        >>> superseded["job_key"] == old.idempotency_key
+        True
+    """
     if previous.idempotency_key == job.idempotency_key or previous.is_final:
         return None
     superseded: dict[str, Any] = {
