@@ -26,7 +26,7 @@ from .batch_creation import create_missing, find_existing
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
 from .create_options import check_create_options, is_loopback
 from .errors import BatchAPIError, BatchWaitTimeout, InvalidBatchInput, PartialCreateError
-from .job import BatchJob
+from .job import BatchJob, BatchShard
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
 from .progress import FinalStateCheck, cancel_job, copy_job, refresh_job
 from .provider_calls import ProviderCalls
@@ -294,7 +294,8 @@ class InferenceBatchClient:
 
     def _upload_shards(
         self, encoded: EncodedRequests, job_key: str, attempt: int, ledger: Ledger | None
-    ) -> list:
+    ) -> list[BatchShard]:
+        """Upload ``encoded`` as shards of ``attempt`` within this client's limits."""
         return upload_shards(
             self._provider,
             encoded,
