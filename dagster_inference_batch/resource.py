@@ -21,11 +21,11 @@ from .client import (
     InferenceBatchClient,
 )
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
-from .embedded_server import ensure_local_server
 from .errors import ProviderNotConfigured
 from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES
+from .shared_local_server import start_or_reuse_shared_server
 
 LOCAL_PROVIDER = "local (synthetic answers)"
 _announced_local_server: set[str] = set()  # log the "synthetic answers" notice once per URL
@@ -136,7 +136,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
                 raise ProviderNotConfigured(
                     "InferenceBatchResource: pass base_url or use_local_server=True, not both"
                 )
-            base_url = ensure_local_server()
+            base_url = start_or_reuse_shared_server()
             if base_url not in _announced_local_server:
                 _announced_local_server.add(base_url)
                 dg.get_dagster_logger().warning(

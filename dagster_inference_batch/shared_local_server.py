@@ -1,6 +1,6 @@
 """Start, or reuse, the machine-wide local Batch API server.
 
-Used when no API key and no base URL are configured: every Dagster process on the
+Used by ``InferenceBatchResource(use_local_server=True)``: every Dagster process on the
 machine (webserver, daemon, run workers, code servers) finds the same detached server
 through a small state file guarded by a file lock, so batches submitted by one process
 are seen by the others. A server started by another version or checkout of this package
@@ -25,6 +25,13 @@ from urllib.parse import urlparse
 
 from .local_server import LocalBatchServer
 
+__all__ = [
+    "STATE_DIR_ENV",
+    "default_state_dir",
+    "start_or_reuse_shared_server",
+    "stop_shared_server",
+]
+
 STATE_DIR_ENV = "INFERENCE_LOCAL_SERVER_DIR"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -33,13 +40,93 @@ logger = logging.getLogger("dagster_inference_batch")
 
 
 def default_state_dir() -> Path:
-    """Where the shared local server keeps its data: ``$INFERENCE_LOCAL_SERVER_DIR`` or
-    ``~/.cache/dagster-inference-batch/local-server``."""
+    """Where the shared local server keeps its state and data.
+
+    Returns:
+        ``$INFERENCE_LOCAL_SERVER_DIR`` if set, else
+        ``~/.cache/dagster-inference-batch/local-server`` (under ``$XDG_CACHE_HOME`` if set).
+    """
     configured = os.environ.get(STATE_DIR_ENV)
     if configured:
         return Path(configured)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "dagster-inference-batch" / "local-server"
+
+
+def start_or_reuse_shared_server(state_dir: Path | None = None) -> str:
+    """Return the base URL of the machine-wide local server, starting one if needed.
+
+    Reuses the server recorded in ``state_dir/server.json`` if it is alive and runs this
+    version and checkout of the package. Otherwise starts a detached server (it outlives
+    this process) on ``state_dir/data``, after stopping a recorded one that runs other
+    code (the reason is logged). A file lock makes concurrent callers agree on one server.
+
+    Args:
+        state_dir: Where the state file, lock and data live; default `default_state_dir()`.
+
+    Returns:
+        The server's base URL, such as ``http://127.0.0.1:40123/v1``.
+
+    Raises:
+        RuntimeError: The server did not start, or an outdated one did not exit.
+
+    Example:
+        >>> from pathlib import Path
+        >>> url = start_or_reuse_shared_server(Path("local-server"))
+        >>> url.startswith("http://127.0.0.1:")
+        True
+        >>> start_or_reuse_shared_server(Path("local-server")) == url  # reused
+        True
+        >>> stop_shared_server(Path("local-server"))
+        True
+    """
+    state_dir = state_dir or default_state_dir()
+    state_file = state_dir / "server.json"
+    identity = _code_identity()
+    with _locked(state_dir):
+        recorded = _read_state(state_file)
+        if recorded is not None and _is_running(recorded):
+            reason = _stale_reason(recorded, identity)
+            if reason is None:
+                return str(recorded["base_url"])
+            logger.info(
+                "Replacing the shared local batch server at %s (pid %s): %s",
+                recorded["base_url"],
+                recorded["pid"],
+                reason,
+            )
+            _stop(int(recorded["pid"]))  # type: ignore[call-overload]
+        state = _spawn(state_dir, identity)
+        state_file.write_text(json.dumps(state))
+        return str(state["base_url"])
+
+
+def stop_shared_server(state_dir: Path | None = None) -> bool:
+    """Stop the machine-wide local server, if one is running; its data stays.
+
+    Args:
+        state_dir: As for `start_or_reuse_shared_server`.
+
+    Returns:
+        True if a running server was stopped, False if none was running.
+
+    Raises:
+        RuntimeError: The server did not exit after SIGTERM and SIGKILL.
+
+    Example:
+        >>> from pathlib import Path
+        >>> stop_shared_server(Path("no-server-here"))
+        False
+    """
+    state_dir = state_dir or default_state_dir()
+    state_file = state_dir / "server.json"
+    with _locked(state_dir):
+        recorded = _read_state(state_file)
+        if recorded is None or not _is_running(recorded):
+            return False
+        _stop(int(recorded["pid"]))  # type: ignore[call-overload]
+        state_file.unlink()
+        return True
 
 
 @contextmanager
@@ -59,14 +146,27 @@ def _code_identity() -> dict[str, str]:
         version = metadata.version("dagster-inference-batch")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    digest = hashlib.sha256()
-    for source in sorted((_PACKAGE_DIR / "local_server").glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
-    return {
-        "version": version,
-        "code_path": str(_PACKAGE_DIR),
-        "code_hash": digest.hexdigest()[:16],
-    }
+    sources = sorted((_PACKAGE_DIR / "local_server").glob("*.py"))
+    return {"version": version, "code_path": str(_PACKAGE_DIR), "code_hash": _source_hash(sources)}
+
+
+_hashed: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+
+def _source_hash(sources: list[Path]) -> str:
+    """Short sha256 of `sources`; read again only when a file's size or mtime changes.
+
+    The hash describes the code a new server would run, which is on disk, so a long-lived
+    process must notice edits: keyed on the files' stats, not computed once per process.
+    """
+    stats = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sources)
+    if stats not in _hashed:
+        digest = hashlib.sha256()
+        for source in sources:
+            digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+        _hashed.clear()
+        _hashed[stats] = digest.hexdigest()[:16]
+    return _hashed[stats]
 
 
 def _read_state(state_file: Path) -> dict[str, object] | None:
@@ -131,39 +231,10 @@ def _stop(pid: int) -> None:
             if _exited(pid):
                 return
             time.sleep(0.05)
-    raise RuntimeError(f"old local batch server (pid {pid}) did not exit")
+    raise RuntimeError(f"the local batch server (pid {pid}) did not exit")
 
 
 def _spawn(state_dir: Path, identity: dict[str, str]) -> dict[str, object]:
     server = LocalBatchServer(state_dir / "data")  # stderr goes to data/server.log
     base_url = server.start()
     return {"base_url": base_url, "pid": server.detach(), **identity}
-
-
-def ensure_local_server(state_dir: Path | None = None) -> str:
-    """Return the base URL of the shared local server, starting it if none is running, or
-    replacing it if it runs another version or checkout of this package.
-
-    Example:
-        >>> ensure_local_server()  # doctest: +SKIP
-        'http://127.0.0.1:40123/v1'
-    """
-    state_dir = state_dir or default_state_dir()
-    state_file = state_dir / "server.json"
-    identity = _code_identity()
-    with _locked(state_dir):
-        recorded = _read_state(state_file)
-        if recorded is not None and _is_running(recorded):
-            reason = _stale_reason(recorded, identity)
-            if reason is None:
-                return str(recorded["base_url"])
-            logger.info(
-                "Replacing the shared local batch server at %s (pid %s): %s",
-                recorded["base_url"],
-                recorded["pid"],
-                reason,
-            )
-            _stop(int(recorded["pid"]))  # type: ignore[call-overload]
-        state = _spawn(state_dir, identity)
-        state_file.write_text(json.dumps(state))
-        return str(state["base_url"])

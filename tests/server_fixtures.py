@@ -42,8 +42,8 @@ import orjson
 import pandas as pd
 import pytest
 
-from dagster_inference_batch.embedded_server import STATE_DIR_ENV
 from dagster_inference_batch.local_server import LocalBatchServer
+from dagster_inference_batch.shared_local_server import STATE_DIR_ENV
 from tests.loopback_proxy import LoopbackProxy
 
 SHARED_API_KEY = "test-key"

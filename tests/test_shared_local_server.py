@@ -1,4 +1,4 @@
-"""The shared local server (`ensure_local_server`) is replaced when it runs other code."""
+"""The shared local server (`start_or_reuse_shared_server`) is replaced when it runs other code."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from dagster_inference_batch.embedded_server import _exited, ensure_local_server
+from dagster_inference_batch.shared_local_server import _exited, start_or_reuse_shared_server
 
 LINE = {
     "custom_id": "a",
@@ -47,14 +47,14 @@ def state_dir(tmp_path, monkeypatch):
     """A state dir; every server recorded in it during the test is stopped at teardown."""
     path = tmp_path / "x"
     pids: set[int] = set()
-    real = ensure_local_server
+    real = start_or_reuse_shared_server
 
     def tracked(state_dir: Path | None = None) -> str:
         url = real(state_dir)
         pids.add(_state(state_dir or path)["pid"])
         return url
 
-    monkeypatch.setattr(f"{__name__}.ensure_local_server", tracked)
+    monkeypatch.setattr(f"{__name__}.start_or_reuse_shared_server", tracked)
     yield path
     if (path / "server.json").exists():
         try:
@@ -69,7 +69,7 @@ def state_dir(tmp_path, monkeypatch):
 
 
 def _assert_replaced(state_dir: Path, old: dict, caplog, why: str) -> dict:
-    new_url = ensure_local_server(state_dir=state_dir)
+    new_url = start_or_reuse_shared_server(state_dir=state_dir)
     new = _state(state_dir)
     assert new["pid"] != old["pid"]
     assert new["base_url"] == new_url
@@ -84,7 +84,7 @@ def test_a_server_recorded_by_the_previous_version_is_replaced_and_batches_survi
     state_dir, caplog
 ):
     caplog.set_level(logging.INFO, logger="dagster_inference_batch")
-    old_client = _client(ensure_local_server(state_dir=state_dir))
+    old_client = _client(start_or_reuse_shared_server(state_dir=state_dir))
     uploaded = old_client.files.create(
         file=("in.jsonl", json.dumps(LINE).encode() + b"\n"), purpose="batch"
     )
@@ -111,14 +111,14 @@ def test_a_server_recorded_by_the_previous_version_is_replaced_and_batches_survi
 )
 def test_a_server_running_other_code_is_replaced(state_dir, caplog, field, value):
     caplog.set_level(logging.INFO, logger="dagster_inference_batch")
-    ensure_local_server(state_dir=state_dir)
+    start_or_reuse_shared_server(state_dir=state_dir)
     old = _record(state_dir, **{field: value})
     _assert_replaced(state_dir, old, caplog, value)
 
 
 def test_a_server_whose_checkout_is_gone_is_replaced(state_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dagster_inference_batch")
-    ensure_local_server(state_dir=state_dir)
+    start_or_reuse_shared_server(state_dir=state_dir)
     gone = tmp_path / "deleted-checkout" / "dagster_inference_batch"
     old = _record(state_dir, code_path=str(gone))
     _assert_replaced(state_dir, old, caplog, "no longer exists")
@@ -126,9 +126,9 @@ def test_a_server_whose_checkout_is_gone_is_replaced(state_dir, tmp_path, caplog
 
 def test_a_server_running_this_code_is_reused(state_dir, caplog):
     caplog.set_level(logging.INFO, logger="dagster_inference_batch")
-    first = ensure_local_server(state_dir=state_dir)
+    first = start_or_reuse_shared_server(state_dir=state_dir)
     recorded = _state(state_dir)
-    assert ensure_local_server(state_dir=state_dir) == first
+    assert start_or_reuse_shared_server(state_dir=state_dir) == first
     assert _state(state_dir) == recorded
     assert not [r for r in caplog.records if "Replacing" in r.getMessage()]
     assert list(_client(first).batches.list(limit=1)) == []
@@ -137,6 +137,6 @@ def test_a_server_running_this_code_is_reused(state_dir, caplog):
 def test_an_unreadable_state_file_starts_a_server(state_dir):
     state_dir.mkdir(parents=True)
     (state_dir / "server.json").write_text('{"base_url": "http://127.0.0.1:')
-    url = ensure_local_server(state_dir=state_dir)
+    url = start_or_reuse_shared_server(state_dir=state_dir)
     assert _state(state_dir)["base_url"] == url
     assert list(_client(url).batches.list(limit=1)) == []

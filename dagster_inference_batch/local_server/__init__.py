@@ -1,7 +1,8 @@
 """The local OpenAI-compatible Batch API server, and a handle to run it from Python.
 
-`LocalBatchServer` runs `dagster-inference-batch serve` as a subprocess, so it can be
-stopped, killed (SIGKILL) and restarted on the same port and data dir.
+`LocalBatchServer` runs `dagster-inference-batch serve` (``python -m
+dagster_inference_batch.local_server.cli serve``) as a subprocess, so it can be stopped,
+killed (SIGKILL) and restarted on the same port and data dir.
 """
 
 from __future__ import annotations
@@ -21,11 +22,34 @@ from .config import ServerConfig
 __all__ = ["LocalBatchServer", "ServerConfig"]
 
 _LOG_NAME = "server.log"
-_SERVE_SCRIPT = Path(__file__).with_name("_serve.py")
+_CLI_MODULE = "dagster_inference_batch.local_server.cli"
 
 
 class LocalBatchServer:
-    """A local Batch API server in a subprocess; `options` are `ServerConfig` fields."""
+    """A local Batch API server in a subprocess, speaking the OpenAI Files and Batches API.
+
+    Its answers are synthetic (or forwarded to ``upstream_url``); its state lives in SQLite
+    under `data_dir`, so a restarted server, or a new one on the same dir, carries on.
+
+    Args:
+        data_dir: Directory for the server's SQLite state, files and ``server.log``.
+        host: Interface to bind.
+        port: Port to bind; 0 picks a free one (kept across `restart`).
+        startup_timeout: Seconds `start` waits for the server to be ready.
+        **options: Other `ServerConfig` fields, such as ``api_key``, ``fault_rate`` or
+            ``validating_seconds``.
+
+    Raises:
+        ValueError: An option is out of range.
+
+    Example:
+        >>> import openai
+        >>> with LocalBatchServer("server-data", validating_seconds=0.05) as server:
+        ...     sdk = openai.OpenAI(base_url=server.base_url, api_key="any")
+        ...     upload = sdk.files.create(file=("in.jsonl", b"{}\\n"), purpose="batch")
+        ...     upload.filename
+        'in.jsonl'
+    """
 
     def __init__(
         self,
@@ -43,10 +67,12 @@ class LocalBatchServer:
 
     @property
     def data_dir(self) -> Path:
+        """The directory holding the server's state."""
         return self.config.data_dir
 
     @property
     def pid(self) -> int | None:
+        """The server process's id while this handle runs it, else None."""
         return self._process.pid if self._process else None
 
     @property
@@ -55,11 +81,19 @@ class LocalBatchServer:
         return self.data_dir / _LOG_NAME
 
     def start(self) -> str:
-        """Start the server and wait until it accepts connections; returns the base URL."""
+        """Start the server and wait until it accepts requests.
+
+        Returns:
+            The base URL, such as ``http://127.0.0.1:40123/v1`` (also in `base_url`).
+
+        Raises:
+            RuntimeError: It is already started, or it did not start within
+                `startup_timeout` (the message carries the tail of its log).
+        """
         if self._process is not None:
             raise RuntimeError("server already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(_SERVE_SCRIPT), "serve", *self.config.to_argv()]
+        command = [sys.executable, "-m", _CLI_MODULE, "serve", *self.config.to_argv()]
         # Keys go through the environment: argv is visible to every user (`ps`).
         env = dict(os.environ)
         for name, value in self.config.secret_env().items():
@@ -82,7 +116,11 @@ class LocalBatchServer:
         return self.base_url
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Graceful shutdown (SIGTERM), SIGKILL if it lingers."""
+        """Shut the server down gracefully (SIGTERM); does nothing if it is not running.
+
+        Args:
+            timeout: Seconds to wait before SIGKILL.
+        """
         if self._process is None:
             return
         if self._process.poll() is None:
@@ -95,7 +133,7 @@ class LocalBatchServer:
         self._reap()
 
     def kill(self) -> None:
-        """SIGKILL: the server gets no chance to clean up."""
+        """Kill the server with SIGKILL, giving it no chance to clean up (crash tests)."""
         if self._process is None:
             return
         if self._process.poll() is None:
@@ -104,15 +142,39 @@ class LocalBatchServer:
         self._reap()
 
     def restart(self) -> str:
-        """Stop (if running) and start again on the same port and data dir."""
+        """Stop the server (if running) and start it again on the same port and data dir.
+
+        Returns:
+            The base URL.
+
+        Raises:
+            RuntimeError: The server did not start again.
+        """
         self.stop()
         return self.start()
 
     def detach(self) -> int:
-        """Let the running server outlive this handle and this process; returns its pid.
+        """Let the running server outlive this handle and this process.
+
+        The handle forgets the process: `stop` and `kill` no longer reach it; signal the
+        returned pid instead.
+
+        Returns:
+            The server's pid.
+
+        Raises:
+            RuntimeError: The server is not started.
 
         Example:
-            >>> pid = LocalBatchServer("/tmp/shared-server").detach()  # doctest: +SKIP
+            >>> import os, signal
+            >>> server = LocalBatchServer("detached-data")
+            >>> url = server.start()
+            >>> pid = server.detach()
+            >>> server.pid is None
+            True
+            >>> os.kill(pid, signal.SIGTERM)
+            >>> os.waitpid(pid, 0)[0] == pid  # reap it: it is still this process's child
+            True
         """
         if self._process is None:
             raise RuntimeError("server not started")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import os
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -41,10 +42,6 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-class ChunkedFileResponse(FileResponse):
-    chunk_size = COPY_CHUNK
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -126,10 +123,16 @@ class Api:
 
     async def file_content(self, request: Request) -> Response:
         row = await self._file(request.path_params["file_id"])
-        path = self.store.file_path(row["id"])
-        if not path.exists():
-            raise not_found("File content", row["id"])
-        return ChunkedFileResponse(path, media_type="application/octet-stream")
+        try:
+            content = await run_in_threadpool(self.store.file_path(row["id"]).open, "rb")
+        except FileNotFoundError:
+            raise not_found("File content", row["id"]) from None
+        size = os.fstat(content.fileno()).st_size
+        return StreamingResponse(
+            _read_chunks(content, size),
+            media_type="application/octet-stream",
+            headers={"content-length": str(size)},
+        )
 
     async def delete_file(self, request: Request) -> Response:
         row = await self._file(request.path_params["file_id"])
@@ -303,6 +306,19 @@ def _copy(source: BinaryIO, path: Path) -> int:
         return target.tell()
 
 
+async def _read_chunks(content: BinaryIO, size: int) -> AsyncIterator[bytes]:
+    """`size` bytes of `content` in chunks of `COPY_CHUNK`, read off the event loop; closes it."""
+    try:
+        while size > 0:
+            chunk = await run_in_threadpool(content.read, min(COPY_CHUNK, size))
+            if not chunk:
+                return
+            size -= len(chunk)
+            yield chunk
+    finally:
+        content.close()
+
+
 def make_responder(config: ServerConfig) -> Responder:
     if config.responder == "upstream":
         assert config.upstream_url
@@ -330,8 +346,17 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(APIError(500, "The server had an error.", type="server_error"))
 
 
-def create_app(config: ServerConfig) -> ASGIApp:
-    """The ASGI app; its lifespan runs the batch worker."""
+def create_app(config: ServerConfig, on_ready: Callable[[], None] | None = None) -> ASGIApp:
+    """The ASGI app of the Files and Batches API; its lifespan runs the batch worker.
+
+    Args:
+        config: The server's options.
+        on_ready: Called once the worker runs, at the end of the app's lifespan startup.
+
+    Returns:
+        The app, wrapped in the fault injector (which passes calls through untouched unless
+        ``config.fault_rate`` or ``config.latency_ms`` is set).
+    """
     store = Store(config.data_dir)
     worker = Worker(store, config, make_responder(config))
     api = Api(store, worker, config)
@@ -339,6 +364,8 @@ def create_app(config: ServerConfig) -> ASGIApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         worker.start()
+        if on_ready is not None:
+            on_ready()
         yield
         await run_in_threadpool(worker.stop)
 
@@ -363,7 +390,7 @@ def create_app(config: ServerConfig) -> ASGIApp:
         },
         lifespan=lifespan,
     )
-    # Outermost, so that a dropped connection can reach the server's transport.
+    # Outermost, so that faults also strike calls the bearer check would refuse.
     return FaultInjector(
         app, fault_rate=config.fault_rate, latency_ms=config.latency_ms, seed=config.seed
     )

@@ -1,4 +1,8 @@
-"""`dagster-inference-batch serve ...`: run the local Batch API server in the foreground."""
+"""`dagster-inference-batch serve ...`: run the local Batch API server in the foreground.
+
+`LocalBatchServer` runs this module as ``python -m dagster_inference_batch.local_server.cli``
+and reads the base URL it prints on stdout once the server is ready.
+"""
 
 from __future__ import annotations
 
@@ -15,33 +19,34 @@ import uvicorn
 from .app import create_app
 from .config import ServerConfig
 
-
-class _Server(uvicorn.Server):
-    """Prints the base URL once the server accepts connections."""
-
-    def __init__(self, config: uvicorn.Config, base_url: str) -> None:
-        super().__init__(config)
-        self.base_url = base_url
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if not self.should_exit:
-            print(self.base_url, flush=True)
+_BACKLOG = 2048  # uvicorn's default
 
 
 def serve(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM; one server per data dir."""
+    """Serve until SIGINT/SIGTERM, printing the base URL once requests can be sent.
+
+    The socket is bound and listening before uvicorn starts, so a client that connects as
+    soon as the URL is printed waits in the listen backlog instead of being refused.
+
+    Args:
+        config: The server's options.
+
+    Raises:
+        SystemExit: Another server already uses ``config.data_dir`` (one server per data dir).
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock(config.data_dir / "server.lock")
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    app = create_app(config)
+    base_url = f"http://{shown}:{port}/v1"
+    app = create_app(config, on_ready=lambda: print(base_url, flush=True))
     server_config = uvicorn.Config(
-        app, log_level="warning", access_log=False, timeout_graceful_shutdown=5
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=5, backlog=_BACKLOG
     )
+    sock.listen(_BACKLOG)
     try:
-        _Server(server_config, f"http://{shown}:{port}/v1").run(sockets=[sock])
+        uvicorn.Server(server_config).run(sockets=[sock])
     finally:
         lock.close()
 
@@ -56,6 +61,7 @@ def _lock(path: Path) -> IO[str]:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -65,6 +71,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line and run the command (``serve`` is the only one).
+
+    Args:
+        argv: The arguments after the program name; ``None`` reads ``sys.argv``.
+
+    Raises:
+        SystemExit: The arguments are invalid, or the server could not start.
+    """
     parser = argparse.ArgumentParser(
         prog="dagster-inference-batch", description="Tools for dagster-inference-batch."
     )

@@ -17,6 +17,15 @@ _AFTER_KINDS = ("500", "drop")
 
 
 class FaultInjector:
+    """ASGI middleware: `latency_ms` before every HTTP call, and a fault on `fault_rate` of them.
+
+    Args:
+        app: The app to wrap.
+        fault_rate: Fraction of calls answered 500 or 429, or cut, instead of (or after) `app`.
+        latency_ms: Delay added to every call.
+        seed: Seed of the random choices, so a run can be repeated.
+    """
+
     def __init__(self, app: ASGIApp, *, fault_rate: float, latency_ms: float, seed: int) -> None:
         self.app = app
         self.fault_rate = fault_rate
@@ -59,16 +68,11 @@ async def _fault(kind: str, send: Send) -> None:
 
 
 async def _drop(send: Send) -> None:
-    """Close the connection without answering, so the client sees a connection error.
+    """Cut the connection mid-response, so the client sees a connection error.
 
-    Needs uvicorn's connection transport (reached through its `send`); elsewhere the
-    fallback promises a body and stops short, which the server turns into a closed connection.
+    The response promises a body and stops short; an ASGI server closes the connection
+    when the app returns without finishing the response it started (uvicorn logs one line).
     """
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is not None:
-        transport.close()
-        await asyncio.sleep(0.05)  # let the server see the disconnect before the app returns
-        return
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]}
     )
