@@ -29,8 +29,7 @@ from .dagster_compat import latest_storage_id_by_partition
 from .job import BatchJob, StoredStateError
 from .metadata_set import InferenceBatchMetadataSet
 
-JOB_KEY = InferenceBatchMetadataSet.key("job")  # alias for modules not yet on the set
-CANCEL_KEY = InferenceBatchMetadataSet.key("cancel_requested")  # same
+_JOB_KEY = InferenceBatchMetadataSet.key("job")  # read raw: a broken job is not skipped
 RESUBMITTABLE = frozenset({"expired", "cancelled"})
 
 Action = Literal["wait", "resubmit", "collect"]
@@ -57,7 +56,7 @@ class UnreadableJob:
 
 def _recorded(record: dg.EventLogRecord) -> RecordedJob | UnreadableJob | None:
     materialization = record.asset_materialization
-    stored = materialization.metadata.get(JOB_KEY) if materialization is not None else None
+    stored = materialization.metadata.get(_JOB_KEY) if materialization is not None else None
     if materialization is None or stored is None:
         return None
     try:  # a job present but unreadable fails its partition: not read leniently

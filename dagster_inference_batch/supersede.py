@@ -19,10 +19,8 @@ import dagster as dg
 from .client import InferenceBatchClient
 from .errors import BatchAPIError
 from .job import BatchJob
-from .metadata_set import InferenceBatchMetadataSet
 from .state import latest_job
 
-SUPERSEDED_KEY = InferenceBatchMetadataSet.key("superseded")  # alias until assets.py uses the set
 _CANCELLING = ("cancelling", "cancelled")
 
 

@@ -19,8 +19,10 @@ import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from dagster_inference_batch.job import BatchJob
-from dagster_inference_batch.state import JOB_KEY
+from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from tests.dagster_harness import NAME, Harness
+
+JOB_KEY = InferenceBatchMetadataSet.key("job")
 
 # A job exactly as `BatchJob.to_dict()` wrote it before records carried a format_version
 # (commit a878dd2).
