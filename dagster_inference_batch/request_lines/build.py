@@ -81,6 +81,8 @@ def _check_frame(
 
 
 def _check_prompts(prompts: pd.Series, ids: list[Any], problems: Problems) -> None:
+    """Report prompts that are missing, not a string, or empty."""
+
     def describe(i: int) -> str:
         value = prompts.iloc[i]
         if isinstance(value, str):
@@ -95,6 +97,7 @@ def _check_prompts(prompts: pd.Series, ids: list[Any], problems: Problems) -> No
 
 
 def _placeholder() -> str:
+    """A marker no id or prompt can contain by chance, cut out of the encoded template."""
     return f"@@{uuid.uuid4().hex}@@"
 
 

@@ -38,6 +38,7 @@ class _OneUrl:
         self.first_line = 0
 
     def check(self, url: object, name: str, line: int, problems: Problems) -> bool:
+        """Report a url that is not an endpoint or not the batch's one; True if fine."""
         if url not in ENDPOINTS:
             problems.add(f"{name}: unsupported url {url!r}: use one of {list(ENDPOINTS)}", line)
             return False
