@@ -163,11 +163,11 @@ class InferenceBatchClient:
 
         Example:
             >>> import os
-            >>> os.environ["INFERENCE_BASE_URL"] = local_server_url
-            >>> with InferenceBatchClient.from_env(max_retries=3) as env_client:
-            ...     env_client.base_url == local_server_url
+            >>> from unittest import mock
+            >>> with mock.patch.dict(os.environ, {"INFERENCE_BASE_URL": local_server_url}):
+            ...     with InferenceBatchClient.from_env(max_retries=3) as env_client:
+            ...         env_client.base_url == local_server_url
             True
-            >>> del os.environ["INFERENCE_BASE_URL"]
         """
         api_key = os.environ.get(API_KEY_ENV) or None
         base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
