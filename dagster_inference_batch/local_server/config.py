@@ -21,7 +21,22 @@ def _opt(default: Any, help: str, *, env: str | None = None) -> Any:
 
 @dataclass
 class ServerConfig:
-    """Every option of the local Batch API server (each one is also a `--flag`)."""
+    """Every option of the local Batch API server; each field is also a ``--flag``.
+
+    The fields and their meaning are listed by ``dagster-inference-batch serve --help``
+    (each field's ``help`` metadata).
+
+    Raises:
+        ValueError: An option is out of range, or ``responder="upstream"`` lacks
+            ``upstream_url``.
+
+    Example:
+        >>> config = ServerConfig(data_dir="data", fault_rate=0.1, api_key="secret")
+        >>> config.to_argv()
+        ['--data-dir', 'data', '--fault-rate', '0.1']
+        >>> config.secret_env()
+        {'INFERENCE_LOCAL_SERVER_API_KEY': 'secret', 'INFERENCE_UPSTREAM_API_KEY': None}
+    """
 
     data_dir: Path = field(metadata={"help": "directory holding the SQLite state and the files"})
     host: str = _opt("127.0.0.1", "interface to bind")
@@ -64,11 +79,23 @@ class ServerConfig:
 
     @staticmethod
     def flag(name: str) -> str:
+        """The command-line flag of a field.
+
+        Args:
+            name: The field's name, such as ``fault_rate``.
+
+        Returns:
+            The flag, such as ``--fault-rate``.
+        """
         return "--" + name.replace("_", "-")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Declare one flag per field; a secret's flag defaults to its environment variable."""
+        """Declare one flag per field; a secret's flag defaults to its environment variable.
+
+        Args:
+            parser: The parser (or subcommand parser) to add the flags to.
+        """
         for f in dataclasses.fields(cls):
             kind = _scalar_type(f.type)
             env = f.metadata.get("env")
@@ -91,11 +118,27 @@ class ServerConfig:
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> ServerConfig:
+        """Build a config from parsed flags.
+
+        Args:
+            ns: What the parser from `add_arguments` returned.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: An option is out of range.
+        """
         return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
 
     def to_argv(self) -> list[str]:
-        """The flags that reproduce this config, defaults and secrets left out (the secrets
-        travel in `secret_env()`, so they never show in a process listing)."""
+        """The flags that reproduce this config, defaults and secrets left out.
+
+        The secrets travel in `secret_env()`, so they never show in a process listing.
+
+        Returns:
+            The flags and their values, as strings.
+        """
         argv: list[str] = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -108,7 +151,11 @@ class ServerConfig:
         return argv
 
     def secret_env(self) -> dict[str, str | None]:
-        """Environment variables carrying the secrets (None: unset it in the child)."""
+        """Environment variables carrying the secrets.
+
+        Returns:
+            Each variable's value, or None where the child process must not have it set.
+        """
         return {
             f.metadata["env"]: getattr(self, f.name)
             for f in dataclasses.fields(self)

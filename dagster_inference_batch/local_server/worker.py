@@ -12,17 +12,16 @@ from __future__ import annotations
 import logging
 import mmap
 import random
-import secrets
 import threading
 import time
 import zlib
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
 from .config import ServerConfig
 from .responders import Reply, Responder, error_body
+from .run_files import ChunkResults, RunFiles, close_input, map_input
 from .store import Store, new_id, truncate
 from .validation import Span, check_input, request_spans
 from .webhooks import batch_event, deliver
@@ -41,27 +40,17 @@ _FAILURES = (
 )
 
 
-@dataclass
-class _Run:
-    """Open resources of one in-progress batch."""
-
-    buffer: mmap.mmap | bytes
-    spans: list[Span]
-    order: list[int]
-    output: BinaryIO
-    errors: BinaryIO
-    credit: float = 0.0
-    last_tick: float = 0.0
-
-    def close(self) -> None:
-        self.output.close()
-        self.errors.close()
-        if isinstance(self.buffer, mmap.mmap):
-            self.buffer.close()
-
-
 class Worker:
-    """Runs in a thread of the server process; picks up every unfinished batch at start."""
+    """Runs in a thread of the server process; picks up every unfinished batch at start.
+
+    Args:
+        store: The server's SQLite state and files.
+        config: The server's options (speeds, failure rate, seed, limits).
+        responder: What answers each request.
+
+    Attributes:
+        wake: Set it to make the worker look at the batches now (an API call changed one).
+    """
 
     def __init__(self, store: Store, config: ServerConfig, responder: Responder) -> None:
         self.store = store
@@ -69,17 +58,19 @@ class Worker:
         self.responder = responder
         self.wake = threading.Event()
         self._stopping = threading.Event()
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, RunFiles] = {}
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="batch-worker", daemon=True)
 
     def start(self) -> None:
+        """Send the webhooks left pending by the last run, then start the thread."""
         for row in self.store.pending_webhooks():
             self._notify(row["id"], row["webhook_url"], row["status"])
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread (waiting up to 30 s for the current step) and close open runs."""
         self._stopping.set()
         self.wake.set()
         self._thread.join(timeout=30)
@@ -160,12 +151,12 @@ class Worker:
     def _begin_run(self, row: dict[str, Any], **fields: Any) -> dict[str, Any] | None:
         """Check the input file and open a run over its requests, moving the batch on with
         ``fields``; an invalid file fails the batch instead. Returns the updated row."""
-        buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
+        buffer = map_input(self.store.file_path(row["input_file_id"]).open("rb"))
         check = check_input(
             buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
         )
         if check.errors:
-            _close(buffer)
+            close_input(buffer)
             self._fail(row, check.errors)
             return None
         fields |= {
@@ -177,7 +168,7 @@ class Worker:
         with self.store.transaction() as db:
             updated = self.store.update_batch(db, row["id"], expect=(row["status"],), **fields)
         if not updated:
-            _close(buffer)
+            close_input(buffer)
             return None
         row = {**row, **fields}
         self._runs[row["id"]] = self._open_run(row, buffer, check.spans)
@@ -224,7 +215,7 @@ class Worker:
                 return
             row = started
         run = self._run(row) if row["partial_output_id"] else None
-        tally = _Tally()
+        tally = ChunkResults()
         if run is not None and leftover_code:
             tally = self._leftovers(row, run, leftover_code)
         now = time.time()
@@ -282,24 +273,24 @@ class Worker:
 
     # requests
 
-    def _answer(self, row: dict[str, Any], run: _Run, indices: list[int]) -> _Tally:
+    def _answer(self, row: dict[str, Any], run: RunFiles, indices: list[int]) -> ChunkResults:
         lines = [orjson.loads(run.buffer[slice(*run.spans[i])]) for i in indices]
         replies: list[Reply | None] = [self._simulated_failure(line["custom_id"]) for line in lines]
         todo = [i for i, reply in enumerate(replies) if reply is None]
         answers = self.responder.respond_many(row["endpoint"], [lines[i]["body"] for i in todo])
         for i, answer in zip(todo, answers, strict=True):
             replies[i] = answer
-        tally = _Tally()
+        tally = ChunkResults()
         for line, reply in zip(lines, replies, strict=True):
             assert reply is not None
             tally.add(line["custom_id"], reply)
         tally.write(run)
         return tally
 
-    def _leftovers(self, row: dict[str, Any], run: _Run, code: str) -> _Tally:
+    def _leftovers(self, row: dict[str, Any], run: RunFiles, code: str) -> ChunkResults:
         reason = "expired" if code == "batch_expired" else "was cancelled"
         message = f"This request could not be executed before the batch {reason}."
-        tally = _Tally()
+        tally = ChunkResults()
         for i in run.order[row["done"] :]:
             custom_id = orjson.loads(run.buffer[slice(*run.spans[i])])["custom_id"]
             tally.add(custom_id, Reply(None, {"code": code, "message": message}))
@@ -319,7 +310,7 @@ class Worker:
     # bookkeeping
 
     def _commit_progress(
-        self, db: Any, row: dict[str, Any], run: _Run, done: int, tally: _Tally
+        self, db: Any, row: dict[str, Any], run: RunFiles, done: int, tally: ChunkResults
     ) -> None:
         self.store.update_batch(
             db,
@@ -333,14 +324,16 @@ class Worker:
             error_offset=run.errors.tell(),
         )
 
-    def _run(self, row: dict[str, Any]) -> _Run:
+    def _run(self, row: dict[str, Any]) -> RunFiles:
         run = self._runs.get(row["id"])
         if run is None:
-            buffer = _map(self.store.file_path(row["input_file_id"]).open("rb"))
+            buffer = map_input(self.store.file_path(row["input_file_id"]).open("rb"))
             run = self._runs[row["id"]] = self._open_run(row, buffer, request_spans(buffer))
         return run
 
-    def _open_run(self, row: dict[str, Any], buffer: mmap.mmap | bytes, spans: list[Span]) -> _Run:
+    def _open_run(
+        self, row: dict[str, Any], buffer: mmap.mmap | bytes, spans: list[Span]
+    ) -> RunFiles:
         order = list(range(len(spans)))
         random.Random(f"{self.config.seed}:{row['id']}").shuffle(order)
         streams = []
@@ -351,7 +344,7 @@ class Worker:
             path = self.store.file_path(file_id)
             truncate(path, offset)
             streams.append(path.open("ab"))
-        return _Run(buffer, spans, order, *streams)
+        return RunFiles(buffer, spans, order, *streams)
 
     def _drop_run(self, batch_id: str) -> None:
         run = self._runs.pop(batch_id, None)
@@ -376,55 +369,6 @@ class Worker:
 
 class _StatusChanged(Exception):
     """The batch's status changed (an API call) while the worker was finishing it."""
-
-
-class _Tally:
-    """Result lines of one chunk and what they add to the batch counters."""
-
-    def __init__(self) -> None:
-        self.output: list[bytes] = []
-        self.errors: list[bytes] = []
-        self.completed = self.failed = self.input_tokens = self.output_tokens = 0
-
-    def add(self, custom_id: str, reply: Reply) -> None:
-        line_id = "batch_req_" + secrets.token_hex(12)
-        if reply.status_code is None:
-            line = {"id": line_id, "custom_id": custom_id, "response": None, "error": reply.body}
-        else:
-            response = {
-                "status_code": reply.status_code,
-                "request_id": "req_" + secrets.token_hex(16),
-                "body": reply.body,
-            }
-            line = {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
-        if reply.status_code is not None and 200 <= reply.status_code < 300:
-            self.completed += 1
-            usage = reply.body.get("usage") or {}
-            self.input_tokens += usage.get("prompt_tokens") or 0
-            self.output_tokens += usage.get("completion_tokens") or 0
-            self.output.append(orjson.dumps(line) + b"\n")
-        else:
-            self.failed += 1
-            self.errors.append(orjson.dumps(line) + b"\n")
-
-    def write(self, run: _Run) -> None:
-        for stream, lines in ((run.output, self.output), (run.errors, self.errors)):
-            if lines:
-                stream.write(b"".join(lines))
-                stream.flush()
-
-
-def _map(handle: BinaryIO) -> mmap.mmap | bytes:
-    """Memory-map a file (an empty file cannot be mapped: give empty bytes)."""
-    with handle:
-        if handle.seek(0, 2) == 0:
-            return b""
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-def _close(buffer: mmap.mmap | bytes) -> None:
-    if isinstance(buffer, mmap.mmap):
-        buffer.close()
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
