@@ -1,7 +1,9 @@
 """LLM batch inference (Inference.net, OpenAI and compatible Batch APIs) for Dagster.
 
 The plain client (``InferenceBatchClient``, ``build_requests``, ``BatchJob``) imports
-without Dagster; the Dagster names load Dagster the first time they are used.
+without Dagster. Names that pull in heavy libraries (pandas for the client and request
+lines, Dagster for the resource and the factory) load the first time they are used, so
+``python -m dagster_inference_batch.local_server.cli`` starts without them.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .client import InferenceBatchClient
 from .errors import (
     BatchAPIError,
     BatchFailedError,
@@ -19,13 +20,17 @@ from .errors import (
     ProviderNotConfigured,
 )
 from .job import BatchJob, BatchShard
-from .request_lines import EncodedRequests, build_requests
 
 if TYPE_CHECKING:
     from .assets import InferenceBatchDefinitions, build_inference_batch_assets
+    from .client import InferenceBatchClient
+    from .request_lines import EncodedRequests, build_requests
     from .resource import InferenceBatchResource
 
-_DAGSTER_NAMES = {
+_LAZY_NAMES = {
+    "InferenceBatchClient": ".client",
+    "EncodedRequests": ".request_lines",
+    "build_requests": ".request_lines",
     "InferenceBatchDefinitions": ".assets",
     "build_inference_batch_assets": ".assets",
     "InferenceBatchResource": ".resource",
@@ -50,8 +55,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DAGSTER_NAMES:
-        value = getattr(importlib.import_module(_DAGSTER_NAMES[name], __name__), name)
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name], __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .config import ServerConfig
 from .faults import FaultInjector
 from .objects import APIError, batch_object, file_object, list_object, not_found
-from .responders import OfflineResponder, Responder, UpstreamResponder
+from .responders import OfflineResponder, Responder
 from .store import BATCH_ID, FILE_ID, FINAL_STATUSES, Store, new_id
 from .webhooks import webhook_url_problem
 from .worker import Worker
@@ -322,6 +322,8 @@ async def _read_chunks(content: BinaryIO, size: int) -> AsyncIterator[bytes]:
 def make_responder(config: ServerConfig) -> Responder:
     if config.responder == "upstream":
         assert config.upstream_url
+        from .upstream import UpstreamResponder  # the openai SDK, only when forwarding
+
         return UpstreamResponder(
             config.upstream_url,
             api_key=config.upstream_api_key,
