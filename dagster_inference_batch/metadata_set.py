@@ -4,7 +4,8 @@ Producers build an ``InferenceBatchMetadataSet`` and spread ``.to_metadata()`` i
 materialization's, observation's or failure's metadata; readers call
 ``InferenceBatchMetadataSet.extract(metadata)`` and get typed fields back. A key that is
 absent, or that holds another type (metadata written by another version), reads as
-None, so stored metadata is read leniently.
+None, so stored metadata is read leniently. (Dagster's ``NamespacedMetadataSet`` plays
+this part for its own keys but is not exported by ``dagster`` 1.13, hence this class.)
 
 Example:
     >>> meta = InferenceBatchMetadataSet(status="completed", percent=100.0)
