@@ -1,64 +1,90 @@
 """The asset factory: input file, batch and results assets, checks, sensor and jobs.
 
-``build_inference_batch_assets`` turns an upstream DataFrame asset into three assets:
+``build_inference_batch_assets`` validates its arguments once into an
+``InferenceBatchSpec`` (``spec.py``) and hands that spec to each builder:
 
 - ``<name>_input_file`` builds, validates, shards and uploads the request lines;
 - ``<name>_batch`` creates the batches (idempotently) and records the ``BatchJob``;
-- ``<name>_results`` joins every answer to its input row, once the batches are done.
+- ``<name>_results`` (``results_asset.py``) joins every answer to its input row, once
+  the batches are done; its checks are in ``checks.py``;
+- ``<name>_sensor`` (``sensor/``) watches the batches and requests the results run;
+- ``<name>_cancel`` (``cancel.py``) cancels a partition's batches.
 
-The job travels between them through the event log (see ``state.py``); the sensor
-(``sensor.py``) watches the batches and requests the results run when they finish.
+The job travels between them through the event log (see ``state.py``).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeAlias
 
 import dagster as dg
 import pandas as pd
 
 from .cancel import build_cancel_job
 from .checks import build_results_checks
-from .collect import build_results_asset
 from .content import ContentParser
-from .event_ledger import EventLogLedger
-from .metadata import KINDS, batch_metadata, input_file_metadata
-from .request_lines import CHAT_ENDPOINT, build_requests
-from .resource import InferenceBatchResource
-from .sensor import (
+from .metadata import batch_metadata, input_file_metadata
+from .metadata_set import InferenceBatchMetadataSet
+from .request_lines import CHAT_ENDPOINT
+from .results_asset import build_results_asset
+from .sensor import build_sensor
+from .spec import (
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_PROGRESS_STEP_PERCENT,
     DEFAULT_PROGRESS_STEP_SECONDS,
-    build_sensor,
+    InferenceBatchSpec,
+    MessagesFn,
+    PipelineLimits,
+    RequestOptions,
+    UpstreamLike,
+    upstream_key_of,
 )
 from .state import latest_job, partition_of
-from .supersede import SUPERSEDED_KEY, cancel_superseded_batches, recorded_job
+from .supersede import cancel_superseded_batches, recorded_job
 
-if TYPE_CHECKING:
-    from dagster._core.definitions.unresolved_asset_job_definition import (
-        UnresolvedAssetJobDefinition,
-    )
-
-UpstreamLike = dg.AssetsDefinition | dg.AssetSpec | dg.AssetKey | str | Sequence[str]
+# What ``dg.define_asset_job`` returns. Dagster resolves it to a ``dg.JobDefinition``
+# when the ``Definitions`` are built and does not export its class.
+AssetJob: TypeAlias = Any
 
 
 @dataclass(frozen=True)
 class InferenceBatchDefinitions:
     """Everything one pipeline defines; ``defs`` merges it into a code location.
 
+    Args:
+        spec: The pipeline's specification (name, keys, requests, limits).
+        assets: ``<name>_input_file``, ``<name>_batch`` and ``<name>_results``.
+        asset_checks: The results' checks.
+        sensor: ``<name>_sensor``.
+        submit_job: ``<name>_submit``.
+        collect_job: ``<name>_collect``.
+        cancel_job: ``<name>_cancel``.
+
     Example:
-        >>> pipeline = build_inference_batch_assets(  # doctest: +SKIP
-        ...     "reviews_llm", upstream="reviews", prompt_column="text", model="m")
-        >>> defs = dg.Definitions.merge(my_defs, pipeline.defs)  # doctest: +SKIP
+        >>> @dg.asset
+        ... def reviews() -> pd.DataFrame:
+        ...     return pd.DataFrame({"custom_id": ["r1"], "text": ["Great!"]})
+        >>> pipeline = build_inference_batch_assets(
+        ...     "reviews_llm", upstream=reviews, prompt_column="text", model="m")
+        >>> pipeline.name, pipeline.batch_key.to_user_string()
+        ('reviews_llm', 'reviews_llm_batch')
+        >>> [job.name for job in pipeline.jobs]
+        ['reviews_llm_submit', 'reviews_llm_collect', 'reviews_llm_cancel']
+        >>> defs = dg.Definitions.merge(dg.Definitions(assets=[reviews]), pipeline.defs)
     """
 
-    name: str
+    spec: InferenceBatchSpec
     assets: list[dg.AssetsDefinition]
     asset_checks: list[dg.AssetChecksDefinition]
     sensor: dg.SensorDefinition
-    submit_job: "UnresolvedAssetJobDefinition"
-    collect_job: "UnresolvedAssetJobDefinition"
+    submit_job: AssetJob
+    collect_job: AssetJob
     cancel_job: dg.JobDefinition
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name, the prefix of its assets, jobs and sensor."""
+        return self.spec.name
 
     @property
     def check_specs(self) -> list[dg.AssetCheckSpec]:
@@ -68,18 +94,21 @@ class InferenceBatchDefinitions:
 
     @property
     def input_file_key(self) -> dg.AssetKey:
-        return dg.AssetKey(f"{self.name}_input_file")
+        """``<name>_input_file``."""
+        return self.spec.input_file_key
 
     @property
     def batch_key(self) -> dg.AssetKey:
-        return dg.AssetKey(f"{self.name}_batch")
+        """``<name>_batch``."""
+        return self.spec.batch_key
 
     @property
     def results_key(self) -> dg.AssetKey:
-        return dg.AssetKey(f"{self.name}_results")
+        """``<name>_results``."""
+        return self.spec.results_key
 
     @property
-    def jobs(self) -> "list[UnresolvedAssetJobDefinition | dg.JobDefinition]":
+    def jobs(self) -> list[AssetJob | dg.JobDefinition]:
         """``<name>_submit`` (input file + batch), ``<name>_collect`` (results, run by the
         sensor) and ``<name>_cancel``."""
         return [self.submit_job, self.collect_job, self.cancel_job]
@@ -99,10 +128,134 @@ class InferenceBatchDefinitions:
         )
 
 
-def _upstream_key(upstream: UpstreamLike) -> dg.AssetKey:
-    if isinstance(upstream, dg.AssetsDefinition | dg.AssetSpec):
-        return upstream.key
-    return dg.AssetKey.from_coercible(upstream)
+def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
+    """``<name>_input_file``: build, validate, shard and upload the upstream's rows.
+
+    Args:
+        spec: The pipeline.
+
+    Returns:
+        The asset; its materialization records the uploaded job.
+    """
+    batch_name = spec.batch_key.to_user_string()
+
+    @dg.asset(
+        name=spec.input_file_key.path[-1],
+        ins={"upstream": dg.AssetIn(key=spec.upstream_key)},
+        description=f"Request lines built from {spec.upstream_key.to_user_string()}, "
+        "validated, sharded and uploaded to the Batch API (Files API, purpose 'batch').",
+        **spec.asset_options(),
+    )
+    def input_file(
+        context: dg.AssetExecutionContext, upstream: pd.DataFrame
+    ) -> dg.MaterializeResult:
+        encoded = spec.requests.build(upstream)
+        partition = partition_of(context)
+        resource = spec.resource(context)
+        with resource.get_client() as client:
+            job = client.upload(
+                encoded,
+                metadata={"dagster_asset": batch_name, "dagster_partition": partition or ""},
+                idempotency_key=f"{batch_name}|{partition or ''}|{encoded.sha256()[:16]}",
+                ledger=spec.ledger(context.instance, partition),
+            )
+        context.log.info(f"uploaded {len(encoded)} requests in {len(job.shards)} file(s)")
+        return dg.MaterializeResult(
+            metadata={**input_file_metadata(encoded, job), **resource.provider_metadata()}
+        )
+
+    return input_file
+
+
+def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
+    """``<name>_batch``: create one batch per uploaded file and record the ``BatchJob``.
+
+    With ``cancel_superseded``, a job for the partition with other rows cancels the
+    batches its previous job still runs (``inference_batch/superseded``).
+
+    Args:
+        spec: The pipeline.
+
+    Returns:
+        The asset.
+    """
+    input_file_key, batch_key = spec.input_file_key, spec.batch_key
+
+    @dg.asset(
+        name=batch_key.path[-1],
+        deps=[input_file_key],
+        description="Provider batches running the uploaded request lines; metadata holds "
+        "the BatchJob, observations plot progress.",
+        **spec.asset_options(),
+    )
+    def batch(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        partition = partition_of(context)
+        uploaded = latest_job(context.instance, input_file_key, partition)
+        if uploaded is None:
+            raise dg.Failure(
+                f"no upload recorded for {input_file_key.to_user_string()}"
+                f"{f' partition {partition}' if partition else ''}: materialize it first"
+            )
+        previous = (
+            recorded_job(context.instance, batch_key, partition, context.log)
+            if spec.limits.cancel_superseded
+            else None
+        )
+        resource = spec.resource(context)
+        with resource.get_client() as client:
+            job = client.create(uploaded.job, ledger=spec.ledger(context.instance, partition))
+            superseded = (
+                cancel_superseded_batches(client, previous, job, context.log) if previous else None
+            )
+        context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
+        return dg.MaterializeResult(
+            metadata={
+                **batch_metadata(job),
+                **resource.provider_metadata(),
+                **InferenceBatchMetadataSet(
+                    idempotency=client.idempotency, superseded=superseded or None
+                ).to_metadata(),
+            }
+        )
+
+    return batch
+
+
+def build_pipeline(spec: InferenceBatchSpec) -> InferenceBatchDefinitions:
+    """Every definition of the pipeline ``spec`` describes.
+
+    Args:
+        spec: The pipeline, validated.
+
+    Returns:
+        Its assets, checks, sensor and jobs.
+    """
+    collect_job = dg.define_asset_job(
+        spec.collect_job_name,
+        selection=dg.AssetSelection.assets(spec.results_key),
+        description=f"Collect {spec.results_key.to_user_string()}; requested by "
+        f"{spec.sensor_name}.",
+    )
+    submit_job = dg.define_asset_job(
+        spec.submit_job_name,
+        selection=dg.AssetSelection.assets(spec.input_file_key, spec.batch_key),
+        description=f"Upload and submit {spec.upstream_key.to_user_string()}'s requests.",
+    )
+    return InferenceBatchDefinitions(
+        spec=spec,
+        assets=[build_input_file_asset(spec), build_batch_asset(spec), build_results_asset(spec)],
+        asset_checks=build_results_checks(
+            spec.name,
+            results_key=spec.results_key,
+            batch_key=spec.batch_key,
+            partitions_def=spec.partitions_def,
+            max_failure_rate=spec.limits.max_failure_rate,
+        ),
+        sensor=build_sensor(spec),
+        submit_job=submit_job,
+        collect_job=collect_job,
+        cancel_job=build_cancel_job(spec),
+    )
 
 
 def build_inference_batch_assets(
@@ -111,7 +264,7 @@ def build_inference_batch_assets(
     upstream: UpstreamLike,
     id_column: str = "custom_id",
     prompt_column: str | None = None,
-    messages: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    messages: MessagesFn | None = None,
     body_column: str | None = None,
     model: str | None = None,
     body_params: Mapping[str, Any] | None = None,
@@ -133,183 +286,91 @@ def build_inference_batch_assets(
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
 
-    ``upstream`` is an asset (or key) holding a pandas DataFrame, one row per request,
-    with ids in ``id_column``. Give exactly one of ``prompt_column``, ``messages`` (a
-    function of the row returning chat messages) or ``body_column`` (ready bodies);
-    ``model`` and ``body_params`` go into every body. ``parse_content`` turns each
-    answer into extra result columns (e.g. ``json.loads`` for structured output).
-    ``resource_key`` names an ``InferenceBatchResource``. Expired or cancelled requests
-    are resubmitted until ``max_attempts``. With ``cancel_superseded`` a new submission
-    of a partition with other rows cancels the batches its previous job still runs
-    (``inference_batch/superseded``). ``<name>_results`` waits
-    ``results_wait_seconds`` for the batches and otherwise leaves them to the sensor.
+    The arguments are validated once, into an ``InferenceBatchSpec``
+    (``InferenceBatchDefinitions.spec``), which every definition is built from.
+
+    Args:
+        name: The pipeline's name, the prefix of its assets, jobs and sensor.
+        upstream: The asset (or its key) holding a pandas DataFrame, one row per request.
+        id_column: Column holding each row's ``custom_id``.
+        prompt_column: Column holding each row's prompt text.
+        messages: Function of a row (as a dict) returning its chat messages.
+        body_column: Column holding each row's ready request body.
+        model: Model set in every body.
+        body_params: Further body fields (``max_tokens``, ...) for every request.
+        endpoint: The Batch API endpoint.
+        system_prompt: System message put before each prompt.
+        parse_content: Turns each answer into extra result columns (``json.loads`` for
+            structured output, say).
+        partitions_def: Partitions of the assets and jobs (daily, static, dynamic).
+        resource_key: The key of the ``InferenceBatchResource`` the steps use.
+        max_attempts: Attempts per request; expired or cancelled requests are
+            resubmitted until then.
+        cancel_superseded: A new submission of a partition with other rows cancels the
+            batches its previous job still runs (``inference_batch/superseded``).
+        max_failure_rate: Share of failed result rows the failure-rate check allows.
+        results_wait_seconds: How long ``<name>_results`` waits for the batches before
+            leaving them to the sensor.
+        sensor_interval_seconds: Minimum seconds between sensor ticks.
+        sensor_budget_seconds: Time a tick may spend refreshing batches.
+        cancel_orphaned: Cancel the batches of a partition that no longer exists.
+        progress_step_percent: Record progress when it moved this much ...
+        progress_step_seconds: ... or this long after the last record.
+        group_name: The asset group of the pipeline's assets.
+
+    Returns:
+        The pipeline's definitions; ``.defs`` merges them into a code location.
+
+    Raises:
+        ValueError: Not exactly one of ``prompt_column``, ``messages`` and
+            ``body_column``; ``max_attempts`` below 1; a negative progress step.
 
     Example:
+        >>> @dg.asset
+        ... def reviews() -> pd.DataFrame:
+        ...     return pd.DataFrame({"review_id": ["r1", "r2"], "text": ["Great!", "Meh."]})
         >>> pipeline = build_inference_batch_assets(
-        ...     "review_insights", upstream="reviews", id_column="review_id",
+        ...     "review_insights", upstream=reviews, id_column="review_id",
         ...     prompt_column="text", model="meta-llama/llama-3.1-8b-instruct/fp-8",
         ...     body_params={"max_tokens": 200})
         >>> [a.key.to_user_string() for a in pipeline.assets]
         ['review_insights_input_file', 'review_insights_batch', 'review_insights_results']
+        >>> pipeline.sensor.name, pipeline.spec.limits.max_attempts
+        ('review_insights_sensor', 2)
+        >>> from dagster_inference_batch import InferenceBatchResource
         >>> defs = dg.Definitions.merge(
+        ...     dg.Definitions(assets=[reviews]),
         ...     pipeline.defs,
         ...     dg.Definitions(resources={"inference_batch": InferenceBatchResource(
         ...         api_key=dg.EnvVar("INFERENCE_API_KEY"))}))
     """
-    if sum(x is not None for x in (prompt_column, messages, body_column)) != 1:
-        raise ValueError("pass exactly one of prompt_column, messages or body_column")
-    if max_attempts < 1:
-        raise ValueError("max_attempts must be at least 1")
-    upstream_key = _upstream_key(upstream)
-    input_file_key = dg.AssetKey(f"{name}_input_file")
-    batch_key = dg.AssetKey(f"{name}_batch")
-    results_key = dg.AssetKey(f"{name}_results")
-    request_options: dict[str, Any] = dict(
-        id_column=id_column,
-        endpoint=endpoint,
-        model=model,
-        prompt_column=prompt_column,
-        messages=messages,
-        body_column=body_column,
-        system_prompt=system_prompt,
-        body_params=body_params,
-    )
-    common: dict[str, Any] = dict(
-        partitions_def=partitions_def,
-        group_name=group_name,
-        kinds=KINDS,
-        required_resource_keys={resource_key},
-    )
-
-    def resource_of(context: dg.AssetExecutionContext) -> InferenceBatchResource:
-        return getattr(context.resources, resource_key)
-
-    def ledger_of(context: dg.AssetExecutionContext) -> EventLogLedger:
-        return EventLogLedger(
-            context.instance,
-            partition=partition_of(context),
-            input_file_key=input_file_key,
-            batch_key=batch_key,
-        )
-
-    @dg.asset(
-        name=input_file_key.path[-1],
-        ins={"upstream": dg.AssetIn(key=upstream_key)},
-        description=f"Request lines built from {upstream_key.to_user_string()}, validated, "
-        "sharded and uploaded to the Batch API (Files API, purpose 'batch').",
-        **common,
-    )
-    def input_file(
-        context: dg.AssetExecutionContext, upstream: pd.DataFrame
-    ) -> dg.MaterializeResult:
-        encoded = build_requests(upstream, **request_options)
-        partition = partition_of(context)
-        resource = resource_of(context)
-        with resource.get_client() as client:
-            job = client.upload(
-                encoded,
-                metadata={
-                    "dagster_asset": batch_key.to_user_string(),
-                    "dagster_partition": partition or "",
-                },
-                idempotency_key=f"{batch_key.to_user_string()}|{partition or ''}|"
-                f"{encoded.sha256()[:16]}",
-                ledger=ledger_of(context),
-            )
-        context.log.info(f"uploaded {len(encoded)} requests in {len(job.shards)} file(s)")
-        return dg.MaterializeResult(
-            metadata={**input_file_metadata(encoded, job), **resource.provider_metadata()}
-        )
-
-    @dg.asset(
-        name=batch_key.path[-1],
-        deps=[input_file_key],
-        description="Provider batches running the uploaded request lines; metadata holds "
-        "the BatchJob, observations plot progress.",
-        **common,
-    )
-    def batch(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        partition = partition_of(context)
-        uploaded = latest_job(context.instance, input_file_key, partition)
-        if uploaded is None:
-            raise dg.Failure(
-                f"no upload recorded for {input_file_key.to_user_string()}"
-                f"{f' partition {partition}' if partition else ''}: materialize it first"
-            )
-        previous = (
-            recorded_job(context.instance, batch_key, partition, context.log)
-            if cancel_superseded
-            else None
-        )
-        resource = resource_of(context)
-        with resource.get_client() as client:
-            job = client.create(uploaded.job, ledger=ledger_of(context))
-            superseded = (
-                cancel_superseded_batches(client, previous, job, context.log) if previous else None
-            )
-        context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
-        return dg.MaterializeResult(
-            metadata={
-                **batch_metadata(job),
-                **resource.provider_metadata(),
-                "inference_batch/idempotency": client.idempotency,
-                **({SUPERSEDED_KEY: dg.MetadataValue.json(superseded)} if superseded else {}),
-            }
-        )
-
-    collect_job = dg.define_asset_job(
-        f"{name}_collect",
-        selection=dg.AssetSelection.assets(results_key),
-        description=f"Collect {results_key.to_user_string()}; requested by {name}_sensor.",
-    )
-    return InferenceBatchDefinitions(
+    spec = InferenceBatchSpec(
         name=name,
-        assets=[
-            input_file,
-            batch,
-            build_results_asset(
-                name,
-                results_key=results_key,
-                batch_key=batch_key,
-                upstream_key=upstream_key,
-                request_options=request_options,
-                parse_content=parse_content,
-                partitions_def=partitions_def,
-                resource_key=resource_key,
-                group_name=group_name,
-                max_attempts=max_attempts,
-                wait_seconds=results_wait_seconds,
-            ),
-        ],
-        asset_checks=build_results_checks(
-            name,
-            results_key=results_key,
-            batch_key=batch_key,
-            partitions_def=partitions_def,
-            max_failure_rate=max_failure_rate,
+        upstream_key=upstream_key_of(upstream),
+        requests=RequestOptions(
+            id_column=id_column,
+            endpoint=endpoint,
+            model=model,
+            prompt_column=prompt_column,
+            messages=messages,
+            body_column=body_column,
+            system_prompt=system_prompt,
+            body_params=body_params,
         ),
-        sensor=build_sensor(
-            name,
-            input_file_key=input_file_key,
-            batch_key=batch_key,
-            results_key=results_key,
-            collect_job_name=collect_job.name,
-            resource_key=resource_key,
-            partitions_def=partitions_def,
+        limits=PipelineLimits(
             max_attempts=max_attempts,
-            interval_seconds=sensor_interval_seconds,
-            budget_seconds=sensor_budget_seconds,
+            cancel_superseded=cancel_superseded,
+            max_failure_rate=max_failure_rate,
+            results_wait_seconds=results_wait_seconds,
+            sensor_interval_seconds=sensor_interval_seconds,
+            sensor_budget_seconds=sensor_budget_seconds,
             cancel_orphaned=cancel_orphaned,
             progress_step_percent=progress_step_percent,
             progress_step_seconds=progress_step_seconds,
         ),
-        submit_job=dg.define_asset_job(
-            f"{name}_submit",
-            selection=dg.AssetSelection.assets(input_file_key, batch_key),
-            description=f"Upload and submit {upstream_key.to_user_string()}'s requests.",
-        ),
-        collect_job=collect_job,
-        cancel_job=build_cancel_job(
-            name, batch_key=batch_key, resource_key=resource_key, partitions_def=partitions_def
-        ),
+        parse_content=parse_content,
+        partitions_def=partitions_def,
+        resource_key=resource_key,
+        group_name=group_name,
     )
+    return build_pipeline(spec)

@@ -22,16 +22,25 @@ def map_within_budget(
     concurrency: int = 8,
     then: Callable[[], None] | None = None,
 ) -> tuple[list[tuple[_I, _R | BaseException]], list[_I]]:
-    """``(done, not_reached)``: each done item with its result or exception, in order.
+    """Run ``fn`` over ``items`` on a thread pool, starting no item once time is up.
 
     The first item always runs, so a tiny budget still makes progress. No item starts
     after ``budget_seconds``; this returns at the latest ``GRACE_SECONDS`` later, and
     items still running then are given up (counted as not reached).
 
-    ``then`` (closing the client ``fn`` uses, say) runs exactly once, after every item
-    that started has returned: before this returns when none is still running, else in
-    the thread of the last one to finish. So an item given up never finds its client
-    closed under it, and the caller never waits for it.
+    Args:
+        fn: The work for one item; an exception it raises is returned as its result.
+        items: The items, in the order they should start.
+        budget_seconds: Time after which no item starts.
+        concurrency: Items run at once, at most.
+        then: Runs exactly once, after every item that started has returned (closing
+            the client ``fn`` uses, say): before this returns when none is still
+            running, else in the thread of the last one to finish. So an item given up
+            never finds its client closed under it, and the caller never waits for it.
+
+    Returns:
+        ``(done, not_reached)``: each done item with its result or exception, in order,
+        and the items not started or given up.
 
     Example:
         >>> map_within_budget(lambda x: x * 2, [1, 2], budget_seconds=5)

@@ -12,12 +12,15 @@ import dagster as dg
 import pytest
 
 from dagster_inference_batch import budget
-from dagster_inference_batch.cancel import CANCELLED_KEY
 from dagster_inference_batch.client import InferenceBatchClient
 from dagster_inference_batch.errors import BatchAPIError
 from dagster_inference_batch.job import BatchJob
-from dagster_inference_batch.state import CANCEL_KEY, JOB_KEY
+from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from tests.dagster_harness import NAME, Harness
+
+CANCELLED_KEY = InferenceBatchMetadataSet.key("cancelled_batch_ids")
+CANCEL_KEY = InferenceBatchMetadataSet.key("cancel_requested")
+JOB_KEY = InferenceBatchMetadataSet.key("job")
 
 STRUCTURED = {
     "type": "json_schema",

@@ -19,8 +19,10 @@ import pandas as pd
 import pytest
 
 from dagster_inference_batch.client import InferenceBatchClient
-from dagster_inference_batch.state import JOB_KEY
+from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from tests.dagster_harness import NAME, Harness
+
+JOB_KEY = InferenceBatchMetadataSet.key("job")
 
 COLLECTED_KEY = "inference_batch/collected_storage_id"
 JOB_KEY_KEY = "inference_batch/job_key"

@@ -27,12 +27,15 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
-from dagster_inference_batch import sensor as sensor_module
 from dagster_inference_batch.client import InferenceBatchClient
 from dagster_inference_batch.errors import BatchAPIError, BatchWaitTimeout
 from dagster_inference_batch.job import BatchJob, BatchShard
-from dagster_inference_batch.state import JOB_KEY, RecordedJob
+from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
+from dagster_inference_batch.sensor import plan as sensor_module
+from dagster_inference_batch.state import RecordedJob
 from tests.dagster_harness import NAME, Harness
+
+JOB_KEY = InferenceBatchMetadataSet.key("job")
 
 RESULTS_FOR_TAG = "inference_batch/results_for"
 GAVE_UP_KEY = "inference_batch/results_gave_up"

@@ -1,0 +1,253 @@
+"""The I/O of a sensor tick: read the event log, do the work, look up the runs.
+
+A tick reads, works, then plans:
+
+1. **read**: the jobs not yet collected, from the event log (the latest ``<name>_batch``
+   materialization per partition that is newer than the partition's results), and which
+   of their partitions still exist;
+2. **work** (``plan_work`` picks it, ``map_within_budget`` runs it): refresh the jobs in
+   flight concurrently within a time budget, resubmitting an expired or cancelled
+   remainder while attempts remain; cancel the batches of a partition that no longer
+   exists (``cancel_orphaned``); then look up the results runs already made for the
+   jobs that are final.
+
+``gather_tick`` does both and hands ``plan_tick`` a ``TickState``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+
+import dagster as dg
+
+from ..budget import map_within_budget
+from ..client import InferenceBatchClient
+from ..ledger import Ledger
+from ..spec import InferenceBatchSpec
+from ..state import RecordedJob, next_action, uncollected_jobs
+from .cursor import SensorCursor
+from .results_runs import RESULTS_FOR_TAG, ResultsRun
+from .tick import (
+    Abandoned,
+    Outcome,
+    Refreshed,
+    TickState,
+    TickWork,
+    plan_work,
+    runs_wanted,
+    slot_of,
+)
+
+_CANCELLING = ("cancelling", "cancelled")
+
+
+def advance(
+    client: InferenceBatchClient, recorded: RecordedJob, max_attempts: int, ledger: Ledger
+) -> Refreshed:
+    """Refresh a job, resubmitting its expired or cancelled remainder when that is next.
+
+    Args:
+        client: The provider's client.
+        recorded: The job as recorded.
+        max_attempts: The pipeline's limit on attempts.
+        ledger: Where the resubmission records its uploads and batches.
+
+    Returns:
+        The refreshed job, its next action and its new attempt, if one was made.
+    """
+    job = client.refresh(recorded.job)
+    action = next_action(job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested)
+    if action != "resubmit":
+        return Refreshed(recorded, job, action)
+    new_job = client.resubmit(job, ledger=ledger)
+    if new_job.attempt == job.attempt:  # nothing was left to resubmit
+        return Refreshed(recorded, job, "collect")
+    return Refreshed(recorded, job, action, resubmitted=new_job)
+
+
+def abandon(client: InferenceBatchClient, recorded: RecordedJob) -> Abandoned:
+    """Cancel what still runs of a job nobody can collect.
+
+    A batch already final or cancelling is left alone, so doing this again never cancels
+    twice.
+
+    Args:
+        client: The provider's client.
+        recorded: The job of a partition that no longer exists.
+
+    Returns:
+        The refreshed job and the batches cancelled now.
+    """
+    job = client.refresh(recorded.job)
+    live = {
+        s.batch_id
+        for s in job.current_shards
+        if s.batch_id and not s.is_final and s.status not in _CANCELLING
+    }
+    if not live:
+        return Abandoned(recorded, job)
+    job = client.cancel(job)
+    cancelled = tuple(
+        s.batch_id
+        for s in job.current_shards
+        if s.batch_id in live and s.batch_id and s.status in _CANCELLING
+    )
+    return Abandoned(recorded, job, cancelled)
+
+
+def partitions_gone(
+    partitions_def: dg.PartitionsDefinition | None,
+    instance: dg.DagsterInstance,
+    slots: Collection[str],
+) -> tuple[set[str], dict[str, str]]:
+    """Which slots' partitions no longer exist.
+
+    Args:
+        partitions_def: The pipeline's partitions, or None.
+        instance: The instance holding dynamic partitions.
+        slots: The slots to check.
+
+    Returns:
+        ``(gone, unchecked)``: the slots whose partition no longer exists (a deleted
+        dynamic partition, a key dropped from the definition), and those that could not
+        be checked, with why.
+    """
+    gone: set[str] = set()
+    unchecked: dict[str, str] = {}
+    if partitions_def is None:
+        return gone, unchecked
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        for slot in slots:
+            try:
+                if not partitions_def.has_partition_key(slot):
+                    gone.add(slot)
+            except Exception as exc:
+                unchecked[slot] = f"{type(exc).__name__}: {exc}"
+    return gone, unchecked
+
+
+def find_results_runs(instance: dg.DagsterInstance, tag: str) -> list[ResultsRun]:
+    """The runs made for one job state.
+
+    Args:
+        instance: The Dagster instance.
+        tag: The ``inference_batch/results_for`` tag of the job state.
+
+    Returns:
+        Each run's id, status and times.
+    """
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={RESULTS_FOR_TAG: tag}))
+    return [
+        ResultsRun(
+            run_id=r.dagster_run.run_id,
+            status=r.dagster_run.status,
+            created=r.create_timestamp.timestamp(),
+            started=r.start_time,
+            ended=r.end_time,
+        )
+        for r in records
+    ]
+
+
+def look_up_runs(
+    instance: dg.DagsterInstance, wanted: Mapping[str, str]
+) -> dict[str, list[ResultsRun] | BaseException]:
+    """The results runs of each slot in ``wanted``; a failed lookup fails only its slot."""
+    runs: dict[str, list[ResultsRun] | BaseException] = {}
+    for slot, tag in wanted.items():
+        try:
+            runs[slot] = find_results_runs(instance, tag)
+        except Exception as exc:
+            runs[slot] = exc
+    return runs
+
+
+def carry_out(
+    spec: InferenceBatchSpec,
+    client: InferenceBatchClient,
+    instance: dg.DagsterInstance,
+    jobs: Sequence[RecordedJob],
+    work: TickWork,
+) -> tuple[dict[str, Outcome], list[str]]:
+    """Abandon, then refresh (and resubmit), the jobs of ``work`` within the time budget.
+
+    ``client`` is closed once the last refresh started has returned (at once when there
+    is nothing to do).
+
+    Args:
+        spec: The pipeline.
+        client: The provider's client; this function closes it.
+        instance: The Dagster instance (for the resubmissions' ledger).
+        jobs: The uncollected jobs.
+        work: What the tick does with each slot.
+
+    Returns:
+        ``(outcomes by slot, slots not reached)``.
+    """
+    by_slot = {slot_of(r): r for r in jobs}
+    items = [("abandon", s) for s in work.abandon] + [("refresh", s) for s in work.refresh]
+
+    def one(item: tuple[str, str]) -> Refreshed | Abandoned:
+        kind, slot = item
+        recorded = by_slot[slot]
+        if kind == "abandon":
+            return abandon(client, recorded)
+        ledger = spec.ledger(instance, recorded.partition)
+        return advance(client, recorded, spec.limits.max_attempts, ledger)
+
+    try:
+        done, not_reached = map_within_budget(
+            one,
+            items,
+            budget_seconds=spec.limits.sensor_budget_seconds,
+            then=client.close,  # once the last refresh started has returned
+        )
+    except BaseException:
+        client.close()
+        raise
+    return {slot: outcome for (_, slot), outcome in done}, [s for _, s in not_reached]
+
+
+def gather_tick(
+    context: dg.SensorEvaluationContext, spec: InferenceBatchSpec, cursor: SensorCursor
+) -> TickState:
+    """Read the event log, do the tick's work and look up the runs its plan needs.
+
+    Args:
+        context: The tick's context.
+        spec: The pipeline.
+        cursor: What earlier ticks remembered.
+
+    Returns:
+        Everything ``plan_tick`` needs.
+    """
+    instance = context.instance
+    read_at = time.time()
+    jobs, unreadable = uncollected_jobs(
+        instance, spec.batch_key, spec.results_key, partitioned=spec.partitioned
+    )
+    gone, unchecked = partitions_gone(spec.partitions_def, instance, [slot_of(r) for r in jobs])
+    work = plan_work(
+        cursor, jobs, gone=gone, unchecked=unchecked, cancel_orphaned=spec.limits.cancel_orphaned
+    )
+    resource = spec.resource(context)
+    outcomes: dict[str, Outcome] = {}
+    not_reached: list[str] = []
+    if work.abandon or work.refresh:
+        outcomes, not_reached = carry_out(spec, resource.get_client(), instance, jobs, work)
+    runs = look_up_runs(instance, runs_wanted(spec.name, jobs, work, outcomes))
+    return TickState(
+        cursor=cursor,
+        jobs=jobs,
+        work=work,
+        unreadable=unreadable,
+        gone=gone,
+        unchecked=unchecked,
+        outcomes=outcomes,
+        not_reached=not_reached,
+        runs=runs,
+        provider=resource.provider_metadata(),
+        now=time.time(),
+        read_at=read_at,
+    )

@@ -1,0 +1,283 @@
+"""One pipeline's specification, built and validated once and read by every builder.
+
+``build_inference_batch_assets`` turns its keyword arguments into an
+``InferenceBatchSpec``; the asset, results, checks, sensor and cancel builders take the
+spec, so the asset keys, the request options and the limits are computed and checked
+in this one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import pandas as pd
+
+from .content import ContentParser
+from .event_ledger import EventLogLedger
+from .metadata import KINDS
+from .request_lines import CHAT_ENDPOINT, EncodedRequests, build_requests, check_prompt_source
+
+if TYPE_CHECKING:
+    from .resource import InferenceBatchResource
+
+DEFAULT_BUDGET_SECONDS = 40.0  # the daemon gives a sensor tick 60 s
+DEFAULT_PROGRESS_STEP_PERCENT = 5.0  # record progress when it moved this much ...
+DEFAULT_PROGRESS_STEP_SECONDS = 600.0  # ... or this long after the last record
+
+UpstreamLike = dg.AssetsDefinition | dg.AssetSpec | dg.AssetKey | str | Sequence[str]
+MessagesFn = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+def upstream_key_of(upstream: UpstreamLike) -> dg.AssetKey:
+    """The asset key of ``upstream``.
+
+    Args:
+        upstream: An asset, an asset spec, an asset key, or anything
+            ``dg.AssetKey.from_coercible`` takes (``"reviews"``, ``["raw", "reviews"]``).
+
+    Returns:
+        Its ``dg.AssetKey``.
+
+    Example:
+        >>> upstream_key_of(["raw", "reviews"]).to_user_string()
+        'raw/reviews'
+    """
+    if isinstance(upstream, dg.AssetsDefinition | dg.AssetSpec):
+        return upstream.key
+    return dg.AssetKey.from_coercible(upstream)
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """How each upstream row becomes a request line (the arguments of ``build_requests``).
+
+    Exactly one of ``prompt_column``, ``messages`` and ``body_column`` gives the content.
+
+    Args:
+        id_column: Column holding each row's ``custom_id``.
+        endpoint: The Batch API endpoint every line targets.
+        model: Model set in every body.
+        prompt_column: Column holding each row's prompt text.
+        messages: Function of a row (as a dict) returning its chat messages.
+        body_column: Column holding each row's ready request body.
+        system_prompt: System message put before each prompt.
+        body_params: Further body fields (``max_tokens``, ...) for every line.
+
+    Raises:
+        ValueError: None, or more than one, of the three content sources is given.
+
+    Example:
+        >>> options = RequestOptions(prompt_column="text", model="m")
+        >>> len(options.build(pd.DataFrame({"custom_id": ["a"], "text": ["Hi"]})))
+        1
+        >>> RequestOptions()
+        Traceback (most recent call last):
+        ...
+        ValueError: pass exactly one of prompt_column, messages or body_column
+    """
+
+    id_column: str = "custom_id"
+    endpoint: str = CHAT_ENDPOINT
+    model: str | None = None
+    prompt_column: str | None = None
+    messages: MessagesFn | None = None
+    body_column: str | None = None
+    system_prompt: str | None = None
+    body_params: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_prompt_source(
+            prompt_column=self.prompt_column, messages=self.messages, body_column=self.body_column
+        )
+
+    def build(self, frame: pd.DataFrame) -> EncodedRequests:
+        """The validated request lines of ``frame``'s rows.
+
+        Args:
+            frame: The upstream's rows, one request each.
+
+        Returns:
+            The encoded lines, ready to shard and upload.
+
+        Raises:
+            InvalidBatchInput: A row cannot make a valid request line.
+        """
+        return build_requests(
+            frame,
+            id_column=self.id_column,
+            endpoint=self.endpoint,
+            model=self.model,
+            prompt_column=self.prompt_column,
+            messages=self.messages,
+            body_column=self.body_column,
+            system_prompt=self.system_prompt,
+            body_params=self.body_params,
+        )
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    """The limits and policies of a pipeline (the factory's arguments of the same names).
+
+    Args:
+        max_attempts: Attempts per request, the first included; expired or cancelled
+            requests are resubmitted until then.
+        cancel_superseded: A new submission of a partition cancels the batches its
+            previous job still runs.
+        max_failure_rate: Share of failed result rows above which the failure-rate
+            check fails.
+        results_wait_seconds: How long ``<name>_results`` waits for the batches before
+            leaving them to the sensor.
+        sensor_interval_seconds: Minimum seconds between sensor ticks.
+        sensor_budget_seconds: Time a tick may spend refreshing batches.
+        cancel_orphaned: Cancel the batches of a partition that no longer exists.
+        progress_step_percent: Record progress when it moved this much ...
+        progress_step_seconds: ... or this long after the last record.
+
+    Raises:
+        ValueError: ``max_attempts`` is below 1, or a progress step is negative.
+
+    Example:
+        >>> PipelineLimits(max_attempts=3).max_attempts
+        3
+        >>> PipelineLimits(max_attempts=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_attempts must be at least 1
+    """
+
+    max_attempts: int = 2
+    cancel_superseded: bool = True
+    max_failure_rate: float = 0.05
+    results_wait_seconds: float = 30.0
+    sensor_interval_seconds: int = 30
+    sensor_budget_seconds: float = DEFAULT_BUDGET_SECONDS
+    cancel_orphaned: bool = True
+    progress_step_percent: float = DEFAULT_PROGRESS_STEP_PERCENT
+    progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.progress_step_percent < 0 or self.progress_step_seconds < 0:
+            raise ValueError("progress_step_percent and progress_step_seconds must be >= 0")
+
+
+@dataclass(frozen=True)
+class InferenceBatchSpec:
+    """Everything that defines one pipeline: its name, keys, requests, partitions, limits.
+
+    The asset keys and job names derive from ``name``, here only.
+
+    Args:
+        name: The pipeline's name, the prefix of its assets, jobs and sensor.
+        upstream_key: The asset whose DataFrame rows are submitted.
+        requests: How each row becomes a request line.
+        limits: Attempts, waits, sensor timing and cancel policies.
+        parse_content: Turns each answer into extra result columns.
+        partitions_def: The partitions of the pipeline's assets and jobs, if any.
+        resource_key: The key of the ``InferenceBatchResource`` the steps use.
+        group_name: The asset group of the pipeline's assets.
+
+    Example:
+        >>> spec = InferenceBatchSpec(
+        ...     name="llm", upstream_key=dg.AssetKey("prompts"),
+        ...     requests=RequestOptions(prompt_column="prompt", model="m"))
+        >>> spec.batch_key.to_user_string(), spec.collect_job_name
+        ('llm_batch', 'llm_collect')
+    """
+
+    name: str
+    upstream_key: dg.AssetKey
+    requests: RequestOptions
+    limits: PipelineLimits = field(default_factory=PipelineLimits)
+    parse_content: ContentParser | None = None
+    partitions_def: dg.PartitionsDefinition | None = None
+    resource_key: str = "inference_batch"
+    group_name: str | None = None
+
+    @property
+    def input_file_key(self) -> dg.AssetKey:
+        """``<name>_input_file``: the uploaded request lines."""
+        return dg.AssetKey(f"{self.name}_input_file")
+
+    @property
+    def batch_key(self) -> dg.AssetKey:
+        """``<name>_batch``: the provider batches and the recorded ``BatchJob``."""
+        return dg.AssetKey(f"{self.name}_batch")
+
+    @property
+    def results_key(self) -> dg.AssetKey:
+        """``<name>_results``: one row per submitted row."""
+        return dg.AssetKey(f"{self.name}_results")
+
+    @property
+    def submit_job_name(self) -> str:
+        """``<name>_submit``: materializes the input file and the batch."""
+        return f"{self.name}_submit"
+
+    @property
+    def collect_job_name(self) -> str:
+        """``<name>_collect``: materializes the results; the sensor requests it."""
+        return f"{self.name}_collect"
+
+    @property
+    def cancel_job_name(self) -> str:
+        """``<name>_cancel``: cancels a partition's batches in flight."""
+        return f"{self.name}_cancel"
+
+    @property
+    def sensor_name(self) -> str:
+        """``<name>_sensor``: watches the batches."""
+        return f"{self.name}_sensor"
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the pipeline's assets are partitioned."""
+        return self.partitions_def is not None
+
+    def asset_options(self) -> dict[str, Any]:
+        """Keyword arguments every asset of the pipeline shares (``@dg.asset``'s).
+
+        Returns:
+            ``partitions_def``, ``group_name``, ``kinds`` and ``required_resource_keys``.
+        """
+        return dict(
+            partitions_def=self.partitions_def,
+            group_name=self.group_name,
+            kinds=KINDS,
+            required_resource_keys={self.resource_key},
+        )
+
+    def resource(
+        self, context: dg.AssetExecutionContext | dg.OpExecutionContext | dg.SensorEvaluationContext
+    ) -> InferenceBatchResource:
+        """The pipeline's ``InferenceBatchResource`` in a step's or a tick's context.
+
+        Args:
+            context: The context of a step or sensor tick that requires ``resource_key``.
+
+        Returns:
+            The resource bound under ``resource_key``.
+        """
+        return getattr(context.resources, self.resource_key)
+
+    def ledger(self, instance: dg.DagsterInstance, partition: str | None) -> EventLogLedger:
+        """The event-log ledger of one partition's uploads and batches.
+
+        Args:
+            instance: The Dagster instance whose event log records them.
+            partition: The partition key, or None for an unpartitioned pipeline.
+
+        Returns:
+            An ``EventLogLedger`` on ``input_file_key`` and ``batch_key``.
+        """
+        return EventLogLedger(
+            instance,
+            partition=partition,
+            input_file_key=self.input_file_key,
+            batch_key=self.batch_key,
+        )
