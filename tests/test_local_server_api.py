@@ -207,7 +207,7 @@ def test_batches_list_paginates_newest_first(batch_server, openapi_validate):
     ("change", "param"),
     [
         ({"completion_window": "48h"}, "completion_window"),
-        ({"endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"endpoint": "/v1/audio/transcriptions"}, "endpoint"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"metadata": {"k" * 65: "v"}}, "metadata"),
         ({"metadata": {"k": "v" * 513}}, "metadata"),

@@ -23,14 +23,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import ServerConfig
+from .create_checks import check_create_body
 from .faults import FaultInjector
+from .models import ModelCatalog, ModelCheckingResponder
 from .objects import APIError, batch_object, file_object, list_object, not_found
+from .provider_rules import UploadPacer
 from .responders import OfflineResponder, Responder
 from .store import BATCH_ID, FILE_ID, FINAL_STATUSES, Store, new_id
-from .webhooks import webhook_url_problem
 from .worker import Worker
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 CANCELLABLE = ("validating", "in_progress", "finalizing")
 DEFAULT_WINDOW_SECONDS = 24 * 3600
@@ -45,7 +46,7 @@ class JSONResponse(Response):
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body, status_code=error.status)
+    return JSONResponse(error.body, status_code=error.status, headers=error.headers)
 
 
 class BearerAuth:
@@ -81,10 +82,35 @@ class Api:
         self.store = store
         self.worker = worker
         self.config = config
+        self.rules = worker.rules
+        self.models = ModelCatalog(config.model, config.profile)
+        self.pacer = UploadPacer(self.rules.upload_interval)
+
+    # models
+
+    async def list_models(self, request: Request) -> Response:
+        return JSONResponse(self.models.list_body())
+
+    async def get_model(self, request: Request) -> Response:
+        return JSONResponse(self.models.model_body(request.path_params["model"]))
 
     # files
 
     async def create_file(self, request: Request) -> Response:
+        key = request.headers.get("authorization", "")
+        try:
+            previous = self.pacer.reserve(key)
+        except APIError:
+            async for _ in request.stream():  # read the upload, so the client sees the 429
+                pass
+            raise
+        try:
+            return await self._store_upload(request)
+        except BaseException:
+            self.pacer.release(key, previous)  # a refused upload does not use the slot
+            raise
+
+    async def _store_upload(self, request: Request) -> Response:
         async with request.form(max_files=1, max_fields=10) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
@@ -213,30 +239,9 @@ class Api:
             )
 
     async def _check_create(self, body: dict[str, Any]) -> None:
-        for name in ("input_file_id", "endpoint", "completion_window"):
-            if not isinstance(body.get(name), str):
-                raise APIError(400, f"Missing required parameter: '{name}'.", param=name)
-        if body["completion_window"] != "24h":
-            raise APIError(
-                400,
-                "completion_window must be '24h'.",
-                param="completion_window",
-                code="invalid_value",
-            )
-        if body["endpoint"] not in ENDPOINTS:
-            raise APIError(
-                400,
-                f"endpoint must be one of {', '.join(ENDPOINTS)}.",
-                param="endpoint",
-                code="invalid_value",
-            )
-        _check_metadata(body.get("metadata"))
-        if body.get("webhook_url") is not None:
-            problem = webhook_url_problem(
-                body["webhook_url"], allow_insecure=self.config.allow_insecure_webhooks
-            )
-            if problem:
-                raise APIError(400, problem, param="webhook_url", code="invalid_value")
+        check_create_body(
+            body, self.rules, allow_insecure_webhooks=self.config.allow_insecure_webhooks
+        )
         source = await self._file(body["input_file_id"])
         if source["purpose"] != "batch":
             raise APIError(
@@ -261,28 +266,6 @@ class Api:
         if row is None:
             raise not_found("Batch", batch_id)
         return row
-
-
-def _check_metadata(metadata: Any) -> None:
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict):
-        raise APIError(400, "metadata must be an object.", param="metadata", code="invalid_value")
-    if len(metadata) > 16:
-        raise APIError(
-            400, "metadata may have at most 16 keys.", param="metadata", code="invalid_value"
-        )
-    for key, value in metadata.items():
-        if len(key) > 64:
-            raise APIError(
-                400, f"metadata key {key[:20]!r}... is longer than 64 characters.", param="metadata"
-            )
-        if not isinstance(value, str) or len(value) > 512:
-            raise APIError(
-                400,
-                f"metadata[{key!r}] must be a string of at most 512 characters.",
-                param="metadata",
-            )
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -320,6 +303,7 @@ async def _read_chunks(content: BinaryIO, size: int) -> AsyncIterator[bytes]:
 
 
 def make_responder(config: ServerConfig) -> Responder:
+    """The responder of `config`; with a profile, the offline one answers listed models only."""
     if config.responder == "upstream":
         assert config.upstream_url
         from .upstream import UpstreamResponder  # the openai SDK, only when forwarding
@@ -330,7 +314,9 @@ def make_responder(config: ServerConfig) -> Responder:
             concurrency=config.upstream_concurrency,
             model=config.upstream_model,
         )
-    return OfflineResponder()
+    if config.profile is None:
+        return OfflineResponder()
+    return ModelCheckingResponder(OfflineResponder(), ModelCatalog(config.model, config.profile))
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -372,6 +358,8 @@ def create_app(config: ServerConfig, on_ready: Callable[[], None] | None = None)
         await run_in_threadpool(worker.stop)
 
     routes = [
+        Route("/v1/models", api.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", api.get_model, methods=["GET"]),
         Route("/v1/files", api.create_file, methods=["POST"]),
         Route("/v1/files", api.list_files, methods=["GET"]),
         Route("/v1/files/{file_id}", api.get_file, methods=["GET"]),

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..providers import provider_profile
+
 API_KEY_ENV = "INFERENCE_LOCAL_SERVER_API_KEY"
 UPSTREAM_API_KEY_ENV = "INFERENCE_UPSTREAM_API_KEY"
 
@@ -55,7 +57,21 @@ class ServerConfig:
         None, "required bearer token; unset = any non-empty bearer", env=API_KEY_ENV
     )
     allow_insecure_webhooks: bool = _opt(False, "allow plain-http webhook_url to loopback")
-    max_requests_per_batch: int = _opt(50_000, "batches with more requests fail validation")
+    max_requests_per_batch: int | None = _opt(
+        None, "batches with more requests fail validation (default: the profile's, or 50000)"
+    )
+    profile: str | None = _opt(
+        None,
+        "provider to play: inference.net | openai | compatible (limits, endpoints, webhook_url,"
+        " upload pacing); unset = permissive",
+    )
+    upload_interval: float | None = _opt(
+        None, "least seconds between two file uploads per key (default: the profile's, or 0)"
+    )
+    model: list[str] = field(
+        default_factory=list,
+        metadata={"help": "a model id /v1/models lists besides the built-in ones (repeatable)"},
+    )
     responder: str = _opt("offline", "offline | upstream")
     upstream_url: str | None = _opt(None, "base URL of an OpenAI-compatible server (.../v1)")
     upstream_api_key: str | None = _opt(
@@ -76,6 +92,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.expire_after_requests is not None and self.expire_after_requests < 0:
             raise ValueError("expire_after_requests must be 0 or more")
+        if self.profile is not None:
+            provider_profile(self.profile)  # ValueError naming the known ones
+        if self.upload_interval is not None and self.upload_interval < 0:
+            raise ValueError("upload_interval must be 0 or more")
+        self.model = list(self.model)
 
     @staticmethod
     def flag(name: str) -> str:
@@ -104,6 +125,10 @@ class ServerConfig:
                     cls.flag(f.name),
                     default=os.environ.get(env) or f.default,
                     help=f"{f.metadata['help']} (default: ${env}; the flag shows in `ps`)",
+                )
+            elif str(f.type).startswith("list"):
+                parser.add_argument(
+                    cls.flag(f.name), action="append", default=[], help=f.metadata["help"]
                 )
             elif kind is bool:
                 parser.add_argument(cls.flag(f.name), action="store_true", help=f.metadata["help"])
@@ -144,7 +169,10 @@ class ServerConfig:
             value = getattr(self, f.name)
             if f.metadata.get("env") or (f.name != "data_dir" and value == f.default):
                 continue
-            if value is True:
+            if isinstance(value, list):
+                for item in value:
+                    argv += [self.flag(f.name), str(item)]
+            elif value is True:
                 argv.append(self.flag(f.name))
             elif value is not None and value is not False:
                 argv += [self.flag(f.name), str(value)]

@@ -18,7 +18,7 @@ _TIMESTAMPS = (
 
 
 class APIError(Exception):
-    """An error answered as `{"error": {"message", "type", "param", "code"}}`."""
+    """An error answered as `{"error": {"message", "type", "param", "code"}}`, with `headers`."""
 
     def __init__(
         self,
@@ -28,9 +28,11 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
         self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 

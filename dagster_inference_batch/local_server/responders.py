@@ -69,7 +69,23 @@ class OfflineResponder:
     chunk_size = 2000
 
     def respond_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Reply]:
-        respond = self.chat if endpoint == "/v1/chat/completions" else self.completion
+        """Answer `bodies` as `endpoint` would (chat, completions, embeddings, responses).
+
+        Args:
+            endpoint: The batch's endpoint.
+            bodies: The request bodies.
+
+        Returns:
+            One reply per body, in order.
+        """
+        from .offline_embeddings import embeddings
+        from .offline_responses import responses
+
+        respond = {
+            "/v1/chat/completions": self.chat,
+            "/v1/embeddings": embeddings,
+            "/v1/responses": responses,
+        }.get(endpoint, self.completion)
         return [guarded(respond, body) for body in bodies]
 
     def chat(self, body: dict[str, Any]) -> Reply:
@@ -78,7 +94,7 @@ class OfflineResponder:
             return Reply(
                 400, error_body(400, "'messages' must be a non-empty list.", "invalid_value")
             )
-        texts = [_message_text(m) for m in messages]
+        texts = [message_text(m) for m in messages]
         users = [t for m, t in zip(messages, texts, strict=True) if _role(m) == "user"]
         user = users[-1] if users else texts[-1]
         content = self._content(body, user)
@@ -103,7 +119,7 @@ class OfflineResponder:
             prompt = " ".join(p for p in prompt if isinstance(p, str))
         if not isinstance(prompt, str):
             return Reply(400, error_body(400, "'prompt' must be a string.", "invalid_value"))
-        text = " " + _excerpt(prompt)
+        text = " " + excerpt(prompt)
         limit = body.get("max_tokens", 16)
         text, cut = truncate_tokens(text, limit) if isinstance(limit, int) else (text, False)
         choice = {
@@ -124,11 +140,19 @@ class OfflineResponder:
             schema = (response_format.get("json_schema") or {}).get("schema") or {}
             return orjson.dumps(instance_for(schema, seed=user)).decode()
         if kind == "json_object":
-            return orjson.dumps({"answer": _excerpt(user)}).decode()
-        return "Answer: " + _excerpt(user)
+            return orjson.dumps({"answer": excerpt(user)}).decode()
+        return "Answer: " + excerpt(user)
 
 
-def _excerpt(text: str) -> str:
+def excerpt(text: str) -> str:
+    """The first words of `text`, whitespace collapsed (the offline answers' content).
+
+    Args:
+        text: The prompt.
+
+    Returns:
+        Up to 24 tokens of it, or ``(empty)``.
+    """
     text = " ".join(text.split())
     return truncate_tokens(text, _EXCERPT_TOKENS)[0] if text else "(empty)"
 
@@ -137,7 +161,15 @@ def _role(message: Any) -> Any:
     return message.get("role") if isinstance(message, dict) else None
 
 
-def _message_text(message: Any) -> str:
+def message_text(message: Any) -> str:
+    """The text of a chat or Responses message (its text parts joined).
+
+    Args:
+        message: ``{"role", "content"}``, content a string or a list of text parts.
+
+    Returns:
+        The text, or an empty string.
+    """
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict))

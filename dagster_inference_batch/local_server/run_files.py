@@ -66,8 +66,9 @@ class ChunkResults:
         if reply.status_code is not None and 200 <= reply.status_code < 300:
             self.completed += 1
             usage = reply.body.get("usage") or {}
-            self.input_tokens += usage.get("prompt_tokens") or 0
-            self.output_tokens += usage.get("completion_tokens") or 0
+            # chat/completions/embeddings name them prompt/completion; the Responses API input/output
+            self.input_tokens += usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+            self.output_tokens += usage.get("completion_tokens") or usage.get("output_tokens") or 0
             self.output.append(orjson.dumps(line) + b"\n")
         else:
             self.failed += 1

@@ -21,6 +21,7 @@ class InputCheck:
     spans: list[Span] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
+    embedding_inputs: int = 0
 
     def error(self, code: str, message: str, *, line: int | None, param: str | None = None) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -45,9 +46,22 @@ def request_spans(buf: bytes) -> list[Span]:
     return [(start, end) for _, start, end in iter_lines(buf)]
 
 
-def check_input(buf: bytes, *, endpoint: str, max_requests: int) -> InputCheck:
-    """Validate every line of a batch input file."""
+def check_input(
+    buf: bytes,
+    *,
+    endpoint: str,
+    max_requests: int,
+    max_bytes: int | None = None,
+    max_embedding_inputs: int | None = None,
+) -> InputCheck:
+    """Validate every line of a batch input file, and its size against the limits given."""
     result = InputCheck()
+    if max_bytes is not None and len(buf) > max_bytes:
+        result.error(
+            "file_too_large",
+            f"The input file has {len(buf)} bytes; the limit is {max_bytes}.",
+            line=None,
+        )
     seen: set[str] = set()
     for lineno, start, end in iter_lines(buf):
         result.spans.append((start, end))
@@ -66,6 +80,13 @@ def check_input(buf: bytes, *, endpoint: str, max_requests: int) -> InputCheck:
         result.error(
             "too_many_requests",
             f"The input file has {len(result.spans)} requests; the limit is {max_requests}.",
+            line=None,
+        )
+    if max_embedding_inputs is not None and result.embedding_inputs > max_embedding_inputs:
+        result.error(
+            "too_many_embedding_inputs",
+            f"The batch has {result.embedding_inputs} embedding inputs; the limit is"
+            f" {max_embedding_inputs}.",
             line=None,
         )
     return result
@@ -114,5 +135,15 @@ def _check_line(
     if "body" not in missing:
         if not isinstance(body, dict):
             result.error("invalid_body", f"Line {lineno}: body must be a JSON object.", line=lineno)
-        elif result.model is None and isinstance(body.get("model"), str):
-            result.model = body["model"]
+        else:
+            if result.model is None and isinstance(body.get("model"), str):
+                result.model = body["model"]
+            if endpoint == "/v1/embeddings":
+                result.embedding_inputs += _embedding_inputs(body.get("input"))
+
+
+def _embedding_inputs(value: Any) -> int:
+    """How many vectors an embeddings ``input`` asks for (a token list is one)."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return len(value)
+    return 1

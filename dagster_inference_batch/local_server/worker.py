@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .config import ServerConfig
+from .provider_rules import ServerRules
 from .responders import Reply, Responder, error_body
 from .run_files import ChunkResults, RunFiles, close_input, map_input
 from .store import Store, new_id, truncate
@@ -56,6 +57,7 @@ class Worker:
         self.store = store
         self.config = config
         self.responder = responder
+        self.rules = ServerRules.from_config(config)
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._runs: dict[str, RunFiles] = {}
@@ -153,7 +155,11 @@ class Worker:
         ``fields``; an invalid file fails the batch instead. Returns the updated row."""
         buffer = map_input(self.store.file_path(row["input_file_id"]).open("rb"))
         check = check_input(
-            buffer, endpoint=row["endpoint"], max_requests=self.config.max_requests_per_batch
+            buffer,
+            endpoint=row["endpoint"],
+            max_requests=self.rules.max_requests,
+            max_bytes=self.rules.max_bytes,
+            max_embedding_inputs=self.rules.max_embedding_inputs,
         )
         if check.errors:
             close_input(buffer)
