@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .result_bodies import EMBEDDING_COLUMN, embedding_array, embedding_series
+
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 429})
 RETRYABLE_ERROR_CODES = frozenset(
     {"rate_limit_exceeded", "server_error", "internal_error", "timeout", "service_unavailable"}
@@ -25,12 +27,26 @@ RETRYABLE_ERROR_CODES = frozenset(
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
-    """Arrow to pandas: text as pandas' ``str`` dtype, integers as nullable ``Int64``."""
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    """Arrow to pandas: text as pandas' ``str`` dtype, integers as nullable ``Int64``,
+    embeddings as float32 arrays (see ``result_bodies``)."""
+    position = table.schema.get_field_index(EMBEDDING_COLUMN)
+    if position >= 0:
+        vectors = embedding_series(table[EMBEDDING_COLUMN])
+        table = table.remove_column(position)
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    if position >= 0:
+        frame.insert(position, EMBEDDING_COLUMN, vectors.to_numpy())
+    return frame
 
 
 def _table(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    """Pandas to Arrow; the ``embedding`` column goes as lists of vectors."""
+    if EMBEDDING_COLUMN not in frame.columns:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    position = frame.columns.get_loc(EMBEDDING_COLUMN)
+    table = pa.Table.from_pandas(frame.drop(columns=[EMBEDDING_COLUMN]), preserve_index=False)
+    vectors = embedding_array(frame[EMBEDDING_COLUMN].tolist())
+    return table.add_column(position, EMBEDDING_COLUMN, vectors)
 
 
 def _best_first(table: pa.Table) -> np.ndarray:

@@ -13,6 +13,8 @@ the openai SDK.
 from __future__ import annotations
 
 import gc
+import itertools
+import operator
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,13 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from .result_bodies import (
+    EMBEDDING_COLUMN,
+    embedding_array,
+    embedding_fields,
+    is_embeddings_body,
+    response_fields,
+)
 from .result_join import (
     RETRYABLE_ERROR_CODES,
     RETRYABLE_STATUS_CODES,
@@ -70,7 +79,8 @@ _ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 _INT_COLUMNS = frozenset(
     {"prompt_tokens", "completion_tokens", "total_tokens", "attempt", "status_code"}
 )
-_LINE_FIELDS = RESULT_COLUMNS[:10] + ["status_code"]  # what one line yields, in this order
+# What one line yields, in this order; ``embedding`` becomes a column only when present.
+_LINE_FIELDS = [*RESULT_COLUMNS[:10], "status_code", EMBEDDING_COLUMN]
 _BLOCK_BYTES = 16 << 20
 
 
@@ -109,7 +119,8 @@ def _fields(record: dict[str, Any]) -> tuple[Any, ...]:
                 usage = body["usage"]
                 return (record["custom_id"], "succeeded", content, choice["finish_reason"],
                         body["model"], None, None, usage["prompt_tokens"],
-                        usage["completion_tokens"], usage["total_tokens"], status_code)  # fmt: skip
+                        usage["completion_tokens"], usage["total_tokens"], status_code,
+                        None)  # fmt: skip
     except (KeyError, TypeError, IndexError):
         pass
     return _any_fields(record)
@@ -128,26 +139,38 @@ def _any_fields(record: dict[str, Any]) -> tuple[Any, ...]:
         code = error.get("code")
         status = _ERROR_STATUS.get(code, "failed")
         return (custom_id, status, None, None, None, code, error.get("message"),
-                None, None, None, status_code)  # fmt: skip
+                None, None, None, status_code, None)  # fmt: skip
     if not response:
         return (custom_id, "failed", None, None, None, "missing_response",
                 "the result line has neither a response nor an error",
-                None, None, None, None)  # fmt: skip
-    if status_code is None or status_code >= 400:
+                None, None, None, None, None)  # fmt: skip
+    if status_code is None or status_code >= 400 or body.get("status") == "failed":
         detail = body.get("error")
         detail = detail if isinstance(detail, dict) else {"message": detail}
         code = detail.get("code") or detail.get("type") or f"http_{status_code}"
         message = detail.get("message") or f"HTTP {status_code}"
         return (custom_id, "failed", None, None, None, str(code), message,
-                None, None, None, status_code)  # fmt: skip
+                None, None, None, status_code, None)  # fmt: skip
+    content, finish, model, prompt, completion, total, vectors = _answer(body)
+    return (custom_id, "succeeded", content, finish, model, None, None, prompt,
+            completion, total, status_code, vectors)  # fmt: skip
+
+
+def _answer(body: dict[str, Any]) -> tuple[Any, ...]:
+    """``(content, finish_reason, model, prompt, completion, total tokens, vectors)`` of a
+    successful body: chat, completions, embeddings or Responses."""
+    if "choices" not in body:
+        if is_embeddings_body(body):
+            return embedding_fields(body)
+        if body.get("object") == "response" or "output" in body:
+            return response_fields(body)
     choices = body.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else choice.get("text")
     usage = body.get("usage") or {}
-    return (custom_id, "succeeded", content, choice.get("finish_reason"), body.get("model"),
-            None, None, usage.get("prompt_tokens"), usage.get("completion_tokens"),
-            usage.get("total_tokens"), status_code)  # fmt: skip
+    return (content, choice.get("finish_reason"), body.get("model"), usage.get("prompt_tokens"),
+            usage.get("completion_tokens"), usage.get("total_tokens"), None)  # fmt: skip
 
 
 @contextmanager
@@ -230,14 +253,17 @@ def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
     columns["custom_id"] = [str(c) for c in columns["custom_id"]]
     columns["batch_id"] = batch_ids
     columns["attempt"] = attempts
-    return pa.table(
-        {
-            name: pa.array(columns[name], pa.int64())
-            if name in _INT_COLUMNS
-            else _text_array(columns[name])
-            for name in RESULT_COLUMNS
-        }
-    )
+    arrays = {
+        name: pa.array(columns[name], pa.int64())
+        if name in _INT_COLUMNS
+        else _text_array(columns[name])
+        for name in RESULT_COLUMNS
+    }
+    vectors = columns[EMBEDDING_COLUMN]
+    if any(map(operator.is_not, vectors, itertools.repeat(None))):  # embeddings: after content
+        arrays = {**dict(list(arrays.items())[:3]), EMBEDDING_COLUMN: embedding_array(vectors),
+                  **dict(list(arrays.items())[3:])}  # fmt: skip
+    return pa.table(arrays)
 
 
 def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:

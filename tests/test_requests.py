@@ -266,7 +266,7 @@ def test_endpoint_taken_from_lines() -> None:
         ({"custom_id": ""}, "line 2: empty custom_id"),
         ({"custom_id": "a"}, "line 2 (custom_id 'a'): duplicate custom_id (first on line 1)"),
         ({"method": "GET"}, "line 2 (custom_id 'b'): method must be POST, got 'GET'"),
-        ({"url": "/v1/embeddings"}, "line 2 (custom_id 'b'): unsupported url '/v1/embeddings'"),
+        ({"url": "/v1/audio/speech"}, "line 2 (custom_id 'b'): unsupported url '/v1/audio/speech'"),
         ({"url": COMPLETIONS_ENDPOINT}, "line 2 (custom_id 'b'): url '/v1/completions' differs"),
         ({"body": "text"}, "line 2 (custom_id 'b'): body must be a JSON object, got str"),
         ({"body": {"messages": []}}, "line 2 (custom_id 'b'): body lacks a string model"),
@@ -318,8 +318,8 @@ def test_url_differing_from_endpoint_argument() -> None:
         "line 1 (custom_id 'a'): url '/v1/chat/completions' differs from '/v1/completions' "
         "(the endpoint argument); one batch job takes one url"
     ]
-    with pytest.raises(InvalidBatchInput, match="unsupported url '/v1/embeddings'"):
-        encode_requests([line("a")], endpoint="/v1/embeddings")
+    with pytest.raises(InvalidBatchInput, match="unsupported url '/v1/audio/speech'"):
+        encode_requests([line("a")], endpoint="/v1/audio/speech")
 
 
 def test_null_is_fine_and_line_size_limit() -> None:

@@ -16,10 +16,13 @@ import pandas as pd
 
 from .encode import encode_numbered_lines
 from .encoded import EncodedRequests
+from .inputs import content_key
 from .validate import (
     CHAT_ENDPOINT,
     DEFAULT_MAX_LINE_BYTES,
+    EMBEDDINGS_ENDPOINT,
     MISSING_ID,
+    RESPONSES_ENDPOINT,
     Problems,
     check_custom_ids,
     check_endpoint,
@@ -48,14 +51,18 @@ def _body_params(
 ) -> dict[str, Any]:
     """The keys every body gets, after checking the options go together."""
     check_endpoint(endpoint)
-    if messages is not None and endpoint != CHAT_ENDPOINT:
-        raise ValueError(f"messages= builds chat requests; the endpoint is {endpoint!r}")
+    if messages is not None and endpoint not in (CHAT_ENDPOINT, RESPONSES_ENDPOINT):
+        hint = "prompt_column for the text to embed" if endpoint == EMBEDDINGS_ENDPOINT else ""
+        raise ValueError(
+            f"messages= builds chat or Responses requests; the endpoint is {endpoint!r}"
+            + (f": use {hint}" if hint else "")
+        )
     if system_prompt is not None and (prompt_column is None or endpoint != CHAT_ENDPOINT):
         raise ValueError("system_prompt goes with prompt_column on the chat endpoint")
     params = dict(body_params or {})
-    content_key = "messages" if endpoint == CHAT_ENDPOINT else "prompt"
-    if body_column is None and content_key in params:
-        raise ValueError(f"body_params may not set {content_key!r}: it is built per row")
+    key = content_key(endpoint)
+    if body_column is None and key in params:
+        raise ValueError(f"body_params may not set {key!r}: it is built per row")
     if model is not None:
         params["model"] = model
     return params
@@ -128,7 +135,7 @@ def _line_template(
             messages.insert(0, {"role": "system", "content": system_prompt})
         body = {"model": body["model"], "messages": messages, **params}
     else:
-        body = {"model": body["model"], "prompt": prompt_mark, **params}
+        body = {"model": body["model"], content_key(endpoint): prompt_mark, **params}
     template = dumps_checked(
         {"custom_id": id_mark, "method": "POST", "url": endpoint, "body": body},
         "body_params",
@@ -191,13 +198,15 @@ def _from_prompts(
     problems.raise_if_any()  # from here on every id and prompt is a non-empty str
     lines = _prompt_lines(ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems)
     problems.raise_if_any()
-    return EncodedRequests(endpoint, ids, lines, [params["model"]] * len(lines))
+    counts = [1] * len(lines) if endpoint == EMBEDDINGS_ENDPOINT else None  # one text per line
+    return EncodedRequests(endpoint, ids, lines, [params["model"]] * len(lines), counts)
 
 
 def _bodies_from_messages(
-    df: pd.DataFrame, ids: list[Any], messages: MessagesFn, params: dict[str, Any]
+    df: pd.DataFrame, ids: list[Any], messages: MessagesFn, params: dict[str, Any], key: str
 ) -> list[dict[str, Any]]:
-    """One chat body per row from ``messages(row)``; raises if one returns no messages."""
+    """One body per row with ``messages(row)`` under ``key`` (``messages`` for chat,
+    ``input`` for Responses); raises if one returns no messages."""
     problems = Problems()
     bodies = []
     for line, row in enumerate(df.to_dict("records"), 1):
@@ -208,7 +217,7 @@ def _bodies_from_messages(
                 f"{type(built).__name__}, not a non-empty list",
                 line,
             )
-        bodies.append({**params, "messages": built})
+        bodies.append({**params, key: built})
     problems.raise_if_any()
     return bodies
 
@@ -237,14 +246,16 @@ def build_requests(
         endpoint: The url every line posts to, one of ``ENDPOINTS``.
         model: The ``model`` of every body.
         prompt_column: Column of prompt strings: the user message for chat, the
-            ``prompt`` for completions.
-        messages: Function of the row as a dict returning its chat messages.
+            ``prompt`` for completions, the ``input`` for embeddings (the text to
+            embed) and Responses.
+        messages: Function of the row as a dict returning its chat messages (chat,
+            or Responses, where they become the ``input`` list).
         body_column: Column of ready body dicts; their own keys win over ``model``
             and ``body_params``.
         system_prompt: A system message before each prompt (chat, with
             ``prompt_column`` only).
         body_params: Keys for every body (``max_tokens``, ``temperature``,
-            ``response_format``, ...).
+            ``response_format``; ``dimensions``, ``encoding_format`` for embeddings).
         max_line_bytes: The largest encoded line allowed, newline excluded.
 
     Returns:
@@ -252,7 +263,7 @@ def build_requests(
 
     Raises:
         ValueError: If the options do not go together (not exactly one content
-            source, ``messages`` or ``system_prompt`` off the chat endpoint,
+            source, ``messages`` off chat and Responses, ``system_prompt`` off chat,
             ``body_params`` setting the per-row content).
         InvalidBatchInput: Naming each bad row (1-based line number, ``custom_id``):
             a missing column or model, no rows, a missing, empty or duplicate id, an
@@ -269,6 +280,10 @@ def build_requests(
         ...     {"role": "user", "content": row["prompt"]}])
         >>> enc.custom_ids, len(enc)
         (['a', 'b'], 2)
+        >>> enc = build_requests(df, endpoint="/v1/embeddings", model="e",
+        ...                      prompt_column="prompt", body_params={"dimensions": 4})
+        >>> enc.lines[0]
+        b'{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"model":"e","input":"Hi","dimensions":4}}'
     """
     check_prompt_source(prompt_column=prompt_column, messages=messages, body_column=body_column)
     params = _body_params(
@@ -285,6 +300,19 @@ def build_requests(
         return _from_prompts(
             df, id_column, prompt_column, endpoint, params, system_prompt, max_line_bytes
         )
+    return _from_bodies(df, id_column, endpoint, params, messages, body_column, max_line_bytes)
+
+
+def _from_bodies(
+    df: pd.DataFrame,
+    id_column: str,
+    endpoint: str,
+    params: dict[str, Any],
+    messages: MessagesFn | None,
+    body_column: str | None,
+    max_line_bytes: int,
+) -> EncodedRequests:
+    """Lines from ready bodies or from ``messages(row)``, through the generic checks."""
     ids = column_ids(df[id_column])
     if body_column is not None:
         bodies = [
@@ -292,6 +320,7 @@ def build_requests(
             for body in df[body_column].tolist()
         ]
     else:
-        bodies = _bodies_from_messages(df, ids, messages, params)  # type: ignore[arg-type]
+        assert messages is not None  # check_prompt_source saw to it
+        bodies = _bodies_from_messages(df, ids, messages, params, content_key(endpoint))
     requests = [{"custom_id": i, "body": body} for i, body in zip(ids, bodies, strict=True)]
     return encode_numbered_lines(list(enumerate(requests, 1)), endpoint, max_line_bytes)

@@ -15,9 +15,11 @@ import pandas as pd
 from dagster_inference_batch.errors import InvalidBatchInput
 
 from .encoded import EncodedRequests
+from .inputs import body_input_problem, embedding_input_count
 from .validate import (
     CHAT_ENDPOINT,
     DEFAULT_MAX_LINE_BYTES,
+    EMBEDDINGS_ENDPOINT,
     ENDPOINTS,
     Problems,
     check_custom_ids,
@@ -68,8 +70,8 @@ def _check_line(
     if method != "POST":
         problems.add(f"{name}: method must be POST, got {method!r}", line)
         ok = False
-    if not one_url.check(req.get("url", one_url.endpoint or CHAT_ENDPOINT), name, line, problems):
-        ok = False
+    url = req.get("url", one_url.endpoint or CHAT_ENDPOINT)
+    url_ok = one_url.check(url, name, line, problems)
     body = req.get("body")
     model = body.get("model") if isinstance(body, Mapping) else None
     if not isinstance(body, Mapping):
@@ -78,7 +80,10 @@ def _check_line(
     elif not isinstance(model, str) or not model:
         problems.add(f"{name}: body lacks a string model", line)
         ok = False
-    return ok
+    elif url_ok and (problem := body_input_problem(str(url), body)):
+        problems.add(f"{name}: {problem}", line)
+        ok = False
+    return ok and url_ok
 
 
 def _objects_only(numbered: list[tuple[int, Any]], problems: Problems) -> list[tuple[int, Any]]:
@@ -115,6 +120,7 @@ def encode_numbered_lines(
     custom_ids: list[str] = []
     lines: list[bytes] = []
     models: list[str] = []
+    counts: list[int] = []
     for pos, (line, req) in enumerate(numbered):
         custom_id = ids[pos]
         name = where(line, custom_id)
@@ -141,8 +147,11 @@ def encode_numbered_lines(
         custom_ids.append(custom_id)
         lines.append(data)
         models.append(req["body"]["model"])
+        counts.append(embedding_input_count(req["body"].get("input")) or 0)
     problems.raise_if_any()
-    return EncodedRequests(one_url.endpoint or CHAT_ENDPOINT, custom_ids, lines, models)
+    endpoint = one_url.endpoint or CHAT_ENDPOINT
+    counts_known = counts if endpoint == EMBEDDINGS_ENDPOINT else None
+    return EncodedRequests(endpoint, custom_ids, lines, models, counts_known)
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
@@ -200,7 +209,8 @@ def encode_requests(
     Raises:
         InvalidBatchInput: Naming each bad line (1-based number, ``custom_id``) and the
             rule it breaks: a missing, empty or duplicate id, another method or url, a
-            body without a string model, NaN or infinity, a line over the size limit.
+            body without a string model, a missing or malformed ``input`` (embeddings,
+            Responses, moderations), NaN or infinity, a line over the size limit.
 
     Example:
         >>> df = pd.DataFrame({"custom_id": [1, 2],

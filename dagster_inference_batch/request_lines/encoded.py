@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
+from .inputs import line_input_counts
 from .write import jsonl_sha256
 
 
@@ -20,6 +21,8 @@ class EncodedRequests:
         custom_ids: Each line's ``custom_id``.
         lines: Each line as compact JSON, without a newline.
         models: Each line's ``body.model``.
+        input_counts: Each line's embedding inputs when known (see
+            :attr:`embedding_input_counts`); None works them out from the lines.
 
     Example:
         >>> from dagster_inference_batch import build_requests
@@ -35,6 +38,7 @@ class EncodedRequests:
     custom_ids: list[str]
     lines: list[bytes]
     models: list[str]
+    input_counts: list[int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -47,6 +51,35 @@ class EncodedRequests:
             The byte count :func:`write_jsonl` writes for all lines.
         """
         return sum(map(len, self.lines)) + len(self.lines)
+
+    @cached_property
+    def embedding_input_counts(self) -> list[int]:
+        """Embedding inputs per line: a string or a token list is one, a list counts
+        each element; 0 for every line off the embeddings endpoint.
+
+        Returns:
+            One count per line.
+
+        Example:
+            >>> from dagster_inference_batch import build_requests
+            >>> bodies = [{"model": "e", "input": ["a", "b"]}, {"model": "e", "input": "c"}]
+            >>> enc = build_requests(pd.DataFrame({"custom_id": ["x", "y"], "body": bodies}),
+            ...                      endpoint="/v1/embeddings", body_column="body")
+            >>> enc.embedding_input_counts, enc.embedding_inputs
+            ([2, 1], 3)
+        """
+        if self.input_counts is not None:
+            return self.input_counts
+        return line_input_counts(self.endpoint, self.lines)
+
+    @property
+    def embedding_inputs(self) -> int:
+        """Embedding inputs in all lines, the figure a provider's per-batch cap counts.
+
+        Returns:
+            The sum of :attr:`embedding_input_counts` (0 off the embeddings endpoint).
+        """
+        return sum(self.embedding_input_counts)
 
     def sha256(self) -> str:
         """Hex sha256 of the JSONL bytes :func:`write_jsonl` writes for all lines.

@@ -17,9 +17,12 @@ import orjson
 import pandas as pd
 
 from dagster_inference_batch.errors import MAX_REPORTED_PROBLEMS, InvalidBatchInput
+from dagster_inference_batch.providers import CHAT, COMPLETIONS, EMBEDDINGS, PROFILES, RESPONSES
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
-CHAT_ENDPOINT, COMPLETIONS_ENDPOINT = ENDPOINTS
+# Every endpoint some provider offers; whether the chosen provider does is the client's check.
+ENDPOINTS = tuple(dict.fromkeys(e for profile in PROFILES.values() for e in profile.endpoints))
+CHAT_ENDPOINT, COMPLETIONS_ENDPOINT = CHAT, COMPLETIONS
+EMBEDDINGS_ENDPOINT, RESPONSES_ENDPOINT = EMBEDDINGS, RESPONSES
 DEFAULT_MAX_LINE_BYTES = 1_000_000
 
 MISSING_ID = "missing custom_id"
@@ -274,7 +277,7 @@ def check_line_sizes(
 
 
 def check_endpoint(endpoint: str) -> None:
-    """Check that the endpoint is one a batch may use.
+    """Check that the endpoint is one a batch may use with some provider.
 
     Args:
         endpoint: The url path, e.g. ``/v1/chat/completions``.
