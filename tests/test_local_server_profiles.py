@@ -9,6 +9,8 @@ import time
 import numpy as np
 import openai
 import pytest
+from openai.types import CreateEmbeddingResponse
+from openai.types.responses import Response
 
 from dagster_inference_batch.local_server import ServerConfig
 from dagster_inference_batch.local_server.cli import main
@@ -150,7 +152,7 @@ def test_profile_answers_an_unlisted_model_with_a_404_line(batch_server):
 # offline embeddings and responses
 
 
-def test_embeddings_are_deterministic_unit_vectors(batch_server):
+def test_embeddings_are_deterministic_unit_vectors(batch_server, openapi_validate):
     client = sdk_client(batch_server())
     url = "/v1/embeddings"
     lines = [
@@ -170,6 +172,10 @@ def test_embeddings_are_deterministic_unit_vectors(batch_server):
     batch = wait_final(client, submit(client, lines, endpoint=url).id)
     assert batch.status == "completed" and batch.request_counts.completed == 5
     bodies = {cid: row["response"]["body"] for cid, row in results_by_id(client, batch).items()}
+    for cid, body in bodies.items():
+        if cid != "b64":  # the spec and the SDK type `embedding` as numbers only
+            openapi_validate(body, "CreateEmbeddingResponse")
+            CreateEmbeddingResponse.model_validate(body)
     one = np.array(bodies["one"]["data"][0]["embedding"], dtype=np.float32)
     assert one.shape == (64,)
     assert abs(float(np.linalg.norm(one.astype(np.float64))) - 1.0) < 1e-5
@@ -202,6 +208,7 @@ def test_responses_answer_offline(batch_server):
     assert batch.status == "completed" and batch.request_counts.completed == 2
     bodies = {cid: row["response"]["body"] for cid, row in results_by_id(client, batch).items()}
     for body in bodies.values():
+        assert Response.model_validate(body).output_text.startswith("Answer: ")
         assert (body["object"], body["status"]) == ("response", "completed")
         (message,) = body["output"]
         assert (message["type"], message["role"]) == ("message", "assistant")
