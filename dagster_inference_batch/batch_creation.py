@@ -63,7 +63,7 @@ def create_missing(
     job: BatchJob,
     existing: dict[str, Any],
     *,
-    webhook_url: str | None,
+    create_options: dict[str, Any],
     ledger: Ledger | None,
     completion_window: str,
     list_scan_limit: int,
@@ -74,7 +74,8 @@ def create_missing(
         provider: The client's calls.
         job: The job.
         existing: Batches already made, by key (from ``find_existing``).
-        webhook_url: Where the provider should POST when a batch ends.
+        create_options: Optional create-body fields (``webhook_url``,
+            ``output_expires_after``), already checked.
         ledger: The caller's record of batches and intents.
         completion_window: The batches' completion window.
         list_scan_limit: Most recent batches scanned when a create may have gone through.
@@ -92,7 +93,7 @@ def create_missing(
 
     def create(shard: BatchShard) -> Any:
         return _create_batch(
-            provider, job, shard, webhook_url, ledger, completion_window, list_scan_limit
+            provider, job, shard, create_options, ledger, completion_window, list_scan_limit
         )
 
     outcomes = provider.map(lambda s: _outcome(lambda: create(s)), to_create)
@@ -202,7 +203,7 @@ def _create_batch(
     provider: ProviderCalls,
     job: BatchJob,
     shard: BatchShard,
-    webhook_url: str | None,
+    create_options: dict[str, Any],
     ledger: Ledger | None,
     completion_window: str,
     list_scan_limit: int,
@@ -217,7 +218,7 @@ def _create_batch(
         "shard": str(shard.index),
         "attempt": str(shard.attempt),
     }
-    extra_body = {"webhook_url": webhook_url} if webhook_url else None
+    extra_body = dict(create_options) or None
 
     def create() -> Any:
         return provider.sdk.batches.create(

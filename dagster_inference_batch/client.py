@@ -28,14 +28,22 @@ from .create_options import check_create_options, is_loopback
 from .errors import BatchAPIError, BatchWaitTimeout, InvalidBatchInput, PartialCreateError
 from .job import BatchJob, BatchShard
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
+from .model_check import ModelCheck
 from .progress import FinalStateCheck, cancel_job, copy_job, refresh_job
 from .provider_calls import ProviderCalls
-from .request_lines import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS, EncodedRequests, encode_requests
+from .provider_settings import (
+    check_endpoint_offered,
+    require_base_url,
+    resolve_profile,
+)
+from .providers import DEFAULT_PROVIDER, ProviderProfile, provider_profile
+from .request_lines import EncodedRequests, encode_requests
 from .resubmission import leftover_requests
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, RetryPolicy
-from .uploads import new_job, upload_name, upload_shards
+from .upload_pacing import DEFAULT_MAX_UPLOAD_WAIT_SECONDS, UploadPacer, UploadWaitHook
+from .uploads import latest_upload_time, new_job, upload_name, upload_shards
 
-DEFAULT_BASE_URL = "https://batch.inference.net/v1"
+DEFAULT_BASE_URL = require_base_url(provider_profile(DEFAULT_PROVIDER))
 API_KEY_ENV = "INFERENCE_API_KEY"
 BASE_URL_ENV = "INFERENCE_BASE_URL"
 DEFAULT_TIMEOUT_SECONDS = 120.0
@@ -52,11 +60,23 @@ class InferenceBatchClient:
     It takes plain values and reads no environment (``from_env()`` does that). Without
     ``api_key`` it talks only to a server on loopback (the package's local server).
 
+    The ``provider`` profile (see ``providers.py``) sets the limits, the endpoints, the
+    create options accepted and the upload pacing; a setting given here (not None)
+    overrides it. Against a server on loopback (the local server) uploads are paced
+    only when ``upload_interval_seconds`` is given; its 429s are waited out either way.
+
     Args:
         api_key: The provider's key; None only for a server on loopback.
-        base_url: The provider's OpenAI-compatible base URL.
-        max_requests_per_batch: Shard limit: requests per batch.
-        max_bytes_per_batch: Shard limit: bytes per input file.
+        base_url: The provider's OpenAI-compatible base URL (default: the profile's;
+            ``compatible`` has none).
+        provider: ``inference.net`` (default), ``openai`` or ``compatible``.
+        max_requests_per_batch: Shard limit: requests per batch (default: the profile's).
+        max_bytes_per_batch: Shard limit: bytes per input file (default: the profile's).
+        max_embedding_inputs_per_batch: Shard limit: embedding inputs per batch.
+        upload_interval_seconds: Least seconds between two uploads with the key.
+        max_upload_wait: Most seconds one upload waits for the upload limit.
+        check_models: Check the lines' models against ``GET /models`` before upload.
+        on_upload_wait: Also called as ``(seconds, reason)`` before each upload wait.
         max_retries: Retries of a call that failed retryably (429, 5xx, timeouts, resets).
         backoff_seconds: The first retry's pause; it doubles per retry.
         timeout: Seconds for one HTTP call.
@@ -69,7 +89,8 @@ class InferenceBatchClient:
         logger: Where progress, retries and warnings go.
 
     Raises:
-        ValueError: No ``api_key`` for a server that is not on loopback.
+        ValueError: No ``api_key`` for a server that is not on loopback, an unknown
+            ``provider``, or no ``base_url`` for ``compatible``.
 
     Example:
         >>> lines = [
@@ -86,10 +107,16 @@ class InferenceBatchClient:
     def __init__(
         self,
         api_key: str | None = None,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         *,
-        max_requests_per_batch: int = DEFAULT_MAX_REQUESTS,
-        max_bytes_per_batch: int = DEFAULT_MAX_BYTES,
+        provider: str = DEFAULT_PROVIDER,
+        max_requests_per_batch: int | None = None,
+        max_bytes_per_batch: int | None = None,
+        max_embedding_inputs_per_batch: int | None = None,
+        upload_interval_seconds: float | None = None,
+        max_upload_wait: float = DEFAULT_MAX_UPLOAD_WAIT_SECONDS,
+        check_models: bool = True,
+        on_upload_wait: UploadWaitHook | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
@@ -100,6 +127,18 @@ class InferenceBatchClient:
         delete_files_after_results: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
+        if upload_interval_seconds is None and base_url is not None and is_loopback(base_url):
+            upload_interval_seconds = 0.0  # a local server paces with its own 429s
+        self.profile: ProviderProfile = resolve_profile(
+            provider,
+            base_url=base_url,
+            max_requests=max_requests_per_batch,
+            max_bytes=max_bytes_per_batch,
+            max_embedding_inputs=max_embedding_inputs_per_batch,
+            upload_interval_seconds=upload_interval_seconds,
+        )
+        """The provider's profile with this client's overrides."""
+        base_url = require_base_url(self.profile)
         if not api_key:
             if not is_loopback(base_url):
                 raise ValueError(
@@ -108,8 +147,6 @@ class InferenceBatchClient:
                 )
             api_key = LOCAL_SERVER_BEARER
         self.base_url = base_url
-        self.max_requests_per_batch = max_requests_per_batch
-        self.max_bytes_per_batch = max_bytes_per_batch
         self.list_scan_limit = list_scan_limit
         self.completion_window = completion_window
         self.final_state_wait_seconds = final_state_wait_seconds
@@ -127,11 +164,29 @@ class InferenceBatchClient:
             process_ledger=CREATED_IN_THIS_PROCESS.for_account(base_url, api_key),
         )
         self._final_state = FinalStateCheck(self._provider.log)
+        self._pacer = UploadPacer(
+            self.profile.upload_interval_seconds,
+            max_upload_wait,
+            lambda: latest_upload_time(self._provider),
+            self._provider.log,
+            on_upload_wait,
+        )
+        self._models = ModelCheck(self._provider, self.profile.name) if check_models else None
         self.idempotency = "listing"
         """How the last ``create`` looked for batches already made: ``listing`` (the
         provider's batch listing), ``ledger`` (no listing; the caller's record of created
         batches) or ``degraded`` (neither: a crash between create and its record could
         cost a second batch)."""
+
+    @property
+    def max_requests_per_batch(self) -> int:
+        """Shard limit: requests per batch."""
+        return self.profile.max_requests
+
+    @property
+    def max_bytes_per_batch(self) -> int:
+        """Shard limit: bytes per input file."""
+        return self.profile.max_bytes
 
     @property
     def retry(self) -> RetryPolicy:
@@ -156,10 +211,11 @@ class InferenceBatchClient:
             **options: The constructor's other keyword arguments.
 
         Returns:
-            A client for ``INFERENCE_BASE_URL`` (else Inference.net) with the key.
+            A client for ``INFERENCE_BASE_URL`` (else the provider's URL) with the key.
 
         Raises:
-            ValueError: No key is set and the base URL is not on loopback.
+            ValueError: No key is set and the base URL is not on loopback, or no URL
+                for ``provider="compatible"``.
 
         Example:
             >>> import os
@@ -170,7 +226,9 @@ class InferenceBatchClient:
             True
         """
         api_key = os.environ.get(API_KEY_ENV) or None
-        base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        base_url = os.environ.get(BASE_URL_ENV) or require_base_url(
+            provider_profile(options.get("provider", DEFAULT_PROVIDER))
+        )
         if api_key is None and not is_loopback(base_url):
             raise ValueError(
                 f"{API_KEY_ENV} is not set: export the key for {base_url} "
@@ -179,7 +237,7 @@ class InferenceBatchClient:
         return cls(api_key=api_key, base_url=base_url, **options)
 
     def __repr__(self) -> str:
-        return f"InferenceBatchClient(base_url={self.base_url!r})"
+        return f"InferenceBatchClient(base_url={self.base_url!r}, provider={self.profile.name!r})"
 
     def close(self) -> None:
         """Close the HTTP connections (also done on leaving a ``with`` block)."""
@@ -221,17 +279,22 @@ class InferenceBatchClient:
         return encode_requests(requests, endpoint=endpoint)
 
     def check_create_options(
-        self, metadata: dict[str, str] | None = None, *, webhook_url: str | None = None
+        self,
+        metadata: dict[str, str] | None = None,
+        *,
+        webhook_url: str | None = None,
+        output_expires_after: dict[str, Any] | None = None,
     ) -> None:
         """Check what the provider would refuse at create, before any upload.
 
         Args:
             metadata: The caller's batch metadata.
             webhook_url: Where the provider should POST when a batch ends.
+            output_expires_after: When the output file expires (OpenAI).
 
         Raises:
-            InvalidBatchInput: Metadata, ``completion_window`` or ``webhook_url`` the
-                provider would refuse.
+            InvalidBatchInput: Metadata, ``completion_window``, ``webhook_url`` or
+                ``output_expires_after`` the provider would refuse, naming it.
 
         Example:
             >>> client.check_create_options({"team": "search"})
@@ -246,6 +309,8 @@ class InferenceBatchClient:
             completion_window=self.completion_window,
             webhook_url=webhook_url,
             base_url=self.base_url,
+            profile=self.profile,
+            output_expires_after=output_expires_after,
         )
 
     def upload(
@@ -274,7 +339,8 @@ class InferenceBatchClient:
             A job whose shards have input files and no batches.
 
         Raises:
-            InvalidBatchInput: Invalid lines or create options; nothing is uploaded.
+            InvalidBatchInput: Invalid lines or create options, an endpoint or a model
+                the provider does not offer; nothing is uploaded.
             BatchAPIError: The provider refused an upload or kept failing.
 
         Example:
@@ -288,6 +354,9 @@ class InferenceBatchClient:
         encoded = self.prepare(requests, endpoint=endpoint)
         metadata = dict(metadata or {})
         self.check_create_options(metadata)
+        check_endpoint_offered(self.profile, encoded.endpoint)
+        if self._models is not None:
+            self._models.check(encoded.models)
         job = new_job(encoded, metadata, idempotency_key)
         job.shards = self._upload_shards(encoded, job.idempotency_key, 1, ledger)
         return job
@@ -302,12 +371,19 @@ class InferenceBatchClient:
             job_key,
             attempt,
             ledger,
-            max_requests=self.max_requests_per_batch,
-            max_bytes=self.max_bytes_per_batch,
+            max_requests=self.profile.max_requests,
+            max_bytes=self.profile.max_bytes,
+            max_embedding_inputs=self.profile.max_embedding_inputs,
+            pacer=self._pacer,
         )
 
     def create(
-        self, job: BatchJob, *, webhook_url: str | None = None, ledger: Ledger | None = None
+        self,
+        job: BatchJob,
+        *,
+        webhook_url: str | None = None,
+        output_expires_after: dict[str, Any] | None = None,
+        ledger: Ledger | None = None,
     ) -> BatchJob:
         """Create a batch for every uploaded shard that has none, idempotently.
 
@@ -320,13 +396,16 @@ class InferenceBatchClient:
         Args:
             job: A job from ``upload``.
             webhook_url: Where the provider should POST when a batch ends.
+            output_expires_after: ``{"anchor": "created_at", "seconds": N}``: when the
+                output file expires (providers that accept it: OpenAI).
             ledger: The caller's record of batches (and intents), written as they exist.
 
         Returns:
             An updated copy of ``job`` with a batch per shard.
 
         Raises:
-            InvalidBatchInput: A ``webhook_url`` the provider would refuse.
+            InvalidBatchInput: A ``webhook_url`` or ``output_expires_after`` the provider
+                would refuse.
             PartialCreateError: Some creates failed; its ``job`` has the batches made.
 
         Example:
@@ -335,7 +414,9 @@ class InferenceBatchClient:
             >>> client.create(job).batch_ids == job.batch_ids  # nothing left to create
             True
         """
-        self.check_create_options(webhook_url=webhook_url)
+        self.check_create_options(
+            webhook_url=webhook_url, output_expires_after=output_expires_after
+        )
         existing = find_existing(self._provider, job, ledger, list_scan_limit=self.list_scan_limit)
         if existing.idempotency is not None:
             self.idempotency = existing.idempotency
@@ -343,7 +424,7 @@ class InferenceBatchClient:
             self._provider,
             job,
             existing.batches,
-            webhook_url=webhook_url,
+            create_options=_create_options(webhook_url, output_expires_after),
             ledger=ledger,
             completion_window=self.completion_window,
             list_scan_limit=self.list_scan_limit,
@@ -357,6 +438,7 @@ class InferenceBatchClient:
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        output_expires_after: dict[str, Any] | None = None,
         ledger: Ledger | None = None,
     ) -> BatchJob:
         """Validate, shard, upload and create: the one-call path, idempotent.
@@ -371,6 +453,7 @@ class InferenceBatchClient:
             idempotency_key: The job's key (default: from the lines' sha256); the same
                 key and lines find the same batches again.
             webhook_url: Where the provider should POST when a batch ends.
+            output_expires_after: When the output file expires (see ``create``).
             ledger: The caller's record of uploads and batches.
 
         Returns:
@@ -388,7 +471,9 @@ class InferenceBatchClient:
             >>> again.batch_ids == job.batch_ids  # found again, not paid twice
             True
         """
-        self.check_create_options(metadata, webhook_url=webhook_url)
+        self.check_create_options(
+            metadata, webhook_url=webhook_url, output_expires_after=output_expires_after
+        )
         job = self.upload(
             requests,
             endpoint=endpoint,
@@ -397,7 +482,12 @@ class InferenceBatchClient:
             ledger=ledger,
         )
         try:
-            return self.create(job, webhook_url=webhook_url, ledger=ledger)
+            return self.create(
+                job,
+                webhook_url=webhook_url,
+                output_expires_after=output_expires_after,
+                ledger=ledger,
+            )
         except PartialCreateError as error:
             if _is_refusal(error):
                 self._withdraw(error.job)
@@ -609,6 +699,7 @@ class InferenceBatchClient:
         *,
         include_failed: bool = False,
         webhook_url: str | None = None,
+        output_expires_after: dict[str, Any] | None = None,
         ledger: Ledger | None = None,
     ) -> BatchJob:
         """Start a new attempt holding only what expired, was cancelled or is missing.
@@ -620,6 +711,7 @@ class InferenceBatchClient:
             job: A final job.
             include_failed: Also resubmit retryable failures (408, 409, 429, 5xx).
             webhook_url: Where the provider should POST when a batch ends.
+            output_expires_after: When the output file expires (see ``create``).
             ledger: The caller's record of uploads and batches.
 
         Returns:
@@ -645,7 +737,20 @@ class InferenceBatchClient:
         attempt = job.attempt + 1
         self.log.info("resubmitting %d requests as attempt %d", len(remainder), attempt)
         new_job.shards.extend(self._upload_shards(remainder, job.idempotency_key, attempt, ledger))
-        return self.create(new_job, webhook_url=webhook_url, ledger=ledger)
+        return self.create(
+            new_job,
+            webhook_url=webhook_url,
+            output_expires_after=output_expires_after,
+            ledger=ledger,
+        )
+
+
+def _create_options(
+    webhook_url: str | None, output_expires_after: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The create body's optional fields that are set."""
+    options = {"webhook_url": webhook_url, "output_expires_after": output_expires_after}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _is_refusal(error: BatchAPIError) -> bool:

@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
+
 from .errors import BatchAPIError, InvalidBatchInput
 from .job import BatchJob, BatchShard
 from .ledger import Ledger
 from .provider_calls import FILE_LISTING, ProviderCalls
 from .request_lines import EncodedRequests, shard_requests, write_jsonl
+from .retries import retry_after_seconds
+from .upload_pacing import UploadPacer
 
 MAX_IDEMPOTENCY_KEY_CHARS = 256  # batch keys must fit a 512-character metadata value
 
@@ -87,8 +91,12 @@ def upload_shards(
     *,
     max_requests: int,
     max_bytes: int,
+    max_embedding_inputs: int | None = None,
+    pacer: UploadPacer | None = None,
 ) -> list[BatchShard]:
     """Shard ``encoded`` within the limits and upload each shard not uploaded before.
+
+    Uploads wait for their turn with ``pacer`` (the provider's upload limit).
 
     Args:
         provider: The client's calls.
@@ -98,14 +106,21 @@ def upload_shards(
         ledger: The caller's record of uploads.
         max_requests: Requests per shard at most.
         max_bytes: Bytes per shard at most.
+        max_embedding_inputs: Embedding inputs per shard at most (None: no cap).
+        pacer: Spaces the uploads (None: no pacing).
 
     Returns:
         One shard per uploaded (or reused) file, without batches.
 
     Raises:
-        BatchAPIError: An upload or a lookup failed.
+        BatchAPIError: An upload or a lookup failed, or waited past ``max_upload_wait``.
     """
-    shards = shard_requests(encoded, max_requests=max_requests, max_bytes=max_bytes)
+    shards = shard_requests(
+        encoded,
+        max_requests=max_requests,
+        max_bytes=max_bytes,
+        max_embedding_inputs=max_embedding_inputs,
+    )
     keys = [batch_key(job_key, s.index, attempt, s.sha256) for s in shards]
     wanted = {upload_name(key): s.nbytes for key, s in zip(keys, shards, strict=True)}
     uploaded = _recorded_files(provider, wanted, ledger)
@@ -124,7 +139,7 @@ def upload_shards(
                 provider.log.info("reusing uploaded file %s (%s)", file_id, path.name)
             else:
                 write_jsonl(encoded, path, shard.positions)
-                file_id = _upload_file(provider, path, shard.nbytes, ledger)
+                file_id = _upload_file(provider, path, shard.nbytes, ledger, pacer)
             return BatchShard(
                 index=shard.index,
                 attempt=attempt,
@@ -165,18 +180,52 @@ def _recorded_files(
     return {name: file_id for (name, file_id), ok in zip(recorded.items(), kept, strict=True) if ok}
 
 
-def _upload_file(provider: ProviderCalls, path: Path, nbytes: int, ledger: Ledger | None) -> str:
+def _upload_file(
+    provider: ProviderCalls,
+    path: Path,
+    nbytes: int,
+    ledger: Ledger | None,
+    pacer: UploadPacer | None,
+) -> str:
     def find() -> str | None:  # an upload that failed may still have gone through
         return uploaded_files(provider).get((path.name, nbytes))
 
     def create() -> str:
-        with path.open("rb") as handle:
-            return provider.sdk.files.create(file=(path.name, handle), purpose="batch").id
+        while True:
+            try:
+                with path.open("rb") as handle:
+                    return provider.sdk.files.create(file=(path.name, handle), purpose="batch").id
+            except openai.RateLimitError as error:  # the upload limit: a wait, not a failure
+                hinted = retry_after_seconds(error)
+                if pacer is None or hinted is None:
+                    raise
+                pacer.wait(hinted, "the provider's upload limit (429, Retry-After)")
 
-    file_id = provider.call(f"upload {path.name}", create, before_retry=find)
+    if pacer is None:
+        file_id = provider.call(f"upload {path.name}", create, before_retry=find)
+    else:
+        with pacer.turn():
+            file_id = provider.call(f"upload {path.name}", create, before_retry=find)
     provider.record("file", path.name, file_id, ledger)
     provider.log.info("uploaded %s as %s (%d bytes)", path.name, file_id, nbytes)
     return file_id
+
+
+def latest_upload_time(provider: ProviderCalls) -> float | None:
+    """When the newest batch input file was uploaded, by anyone using the key.
+
+    Args:
+        provider: The client's calls.
+
+    Returns:
+        Its ``created_at`` (Unix seconds), or None without files or a file listing.
+    """
+    page = provider.listing(
+        FILE_LISTING, lambda: provider.sdk.files.list(purpose="batch", limit=1, order="desc")
+    )
+    if page is None or not page.data:
+        return None
+    return float(max(item.created_at for item in page.data))
 
 
 def uploaded_files(provider: ProviderCalls) -> dict[tuple[str, int], str]:
