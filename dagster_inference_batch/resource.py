@@ -14,7 +14,6 @@ from pydantic import Field
 from .client import (
     API_KEY_ENV,
     BASE_URL_ENV,
-    DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_LIST_SCAN_LIMIT,
     DEFAULT_TIMEOUT_SECONDS,
@@ -23,9 +22,10 @@ from .client import (
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
 from .errors import ProviderNotConfigured
 from .metadata_set import InferenceBatchMetadataSet
-from .request_lines import DEFAULT_MAX_BYTES, DEFAULT_MAX_REQUESTS
+from .providers import DEFAULT_PROVIDER, PROFILES, provider_profile
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES
 from .shared_local_server import start_or_reuse_shared_server
+from .upload_pacing import DEFAULT_MAX_UPLOAD_WAIT_SECONDS, UploadWaitHook
 
 LOCAL_PROVIDER = "local (synthetic answers)"
 _announced_local_server: set[str] = set()  # log the "synthetic answers" notice once per URL
@@ -36,7 +36,9 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
     The key comes from ``api_key`` (pass ``dg.EnvVar("INFERENCE_API_KEY")``) or the
     ``INFERENCE_API_KEY`` environment variable; the URL from ``base_url``,
-    ``INFERENCE_BASE_URL``, or else Inference.net. With neither a key nor a URL,
+    ``INFERENCE_BASE_URL``, or else the ``provider``'s (Inference.net by default). The
+    ``provider`` profile sets the limits, endpoints, create options and upload pacing;
+    a limit set here overrides it. With neither a key nor a URL,
     ``get_client()`` raises ``ProviderNotConfigured``: nothing falls back to synthetic
     answers unless ``use_local_server=True`` asks for the package's local server, and
     then every materialization says so (``inference_batch/provider``).
@@ -44,7 +46,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
     Example:
         >>> resource = InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))
         >>> demo = InferenceBatchResource(use_local_server=True)  # development only
-        >>> demo.provider
+        >>> demo.provider_label
         'local (synthetic answers)'
         >>> defs = dg.Definitions(resources={"inference_batch": demo})
     """
@@ -53,19 +55,43 @@ class InferenceBatchResource(dg.ConfigurableResource):
         default=None,
         description=f"Bearer key; pass EnvVar('{API_KEY_ENV}'). Unset: {API_KEY_ENV}.",
     )
+    provider: str = Field(
+        default=DEFAULT_PROVIDER,
+        description=f"Provider profile: one of {list(PROFILES)} (limits, endpoints, "
+        "create options, upload pacing). With use_local_server it still sets the client's "
+        "rules; the local server accepts them all.",
+    )
     base_url: str | None = Field(
         default=None,
-        description=f"Batch API base URL; unset: {BASE_URL_ENV}, else {DEFAULT_BASE_URL}.",
+        description=f"Batch API base URL; unset: {BASE_URL_ENV}, else the provider's "
+        "(required for 'compatible').",
     )
     use_local_server: bool = Field(
         default=False,
         description="Development only: run on the package's local Batch API server "
         "(started once per machine). Its answers are synthetic, not a model's.",
     )
-    max_requests_per_batch: int = Field(
-        default=DEFAULT_MAX_REQUESTS, description="Requests per batch."
+    max_requests_per_batch: int | None = Field(
+        default=None, description="Requests per batch; unset: the provider's."
     )
-    max_bytes_per_batch: int = Field(default=DEFAULT_MAX_BYTES, description="Bytes per batch file.")
+    max_bytes_per_batch: int | None = Field(
+        default=None, description="Bytes per batch file; unset: the provider's."
+    )
+    max_embedding_inputs_per_batch: int | None = Field(
+        default=None, description="Embedding inputs per batch; unset: the provider's."
+    )
+    upload_interval_seconds: float | None = Field(
+        default=None,
+        description="Least seconds between two file uploads with the key; unset: the "
+        "provider's (none against a local server, whose 429s are waited out).",
+    )
+    max_upload_wait: float = Field(
+        default=DEFAULT_MAX_UPLOAD_WAIT_SECONDS,
+        description="Most seconds one upload waits for the provider's upload limit.",
+    )
+    check_models: bool = Field(
+        default=True, description="Check the lines' models against GET /models before upload."
+    )
     max_retries: int = Field(
         default=DEFAULT_MAX_RETRIES, description="Retries on 429, 5xx and resets."
     )
@@ -100,22 +126,23 @@ class InferenceBatchResource(dg.ConfigurableResource):
         return self.base_url or os.environ.get(BASE_URL_ENV) or None
 
     @property
-    def provider(self) -> str:
+    def provider_label(self) -> str:
         """What answers the requests, as shown in metadata.
 
         Starts nothing and never shows the key.
 
         Returns:
-            The configured base URL (else ``INFERENCE_BASE_URL``, else Inference.net's),
+            The configured base URL (else ``INFERENCE_BASE_URL``, else the provider's),
             or ``local (synthetic answers)`` with ``use_local_server``.
 
         Example:
-            >>> InferenceBatchResource(base_url="https://api.openai.com/v1").provider
+            >>> InferenceBatchResource(base_url="https://api.openai.com/v1").provider_label
             'https://api.openai.com/v1'
         """
         if self.use_local_server:
             return LOCAL_PROVIDER
-        return self._configured_url() or DEFAULT_BASE_URL
+        profile = provider_profile(self.provider)
+        return self._configured_url() or profile.base_url or f"{profile.name} (no base_url)"
 
     def provider_metadata(self) -> dict[str, str]:
         """The provider as metadata, for every materialization.
@@ -127,7 +154,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
             >>> InferenceBatchResource(base_url="https://api.openai.com/v1").provider_metadata()
             {'inference_batch/provider': 'https://api.openai.com/v1'}
         """
-        return InferenceBatchMetadataSet(provider=self.provider).to_metadata()
+        return InferenceBatchMetadataSet(provider=self.provider_label).to_metadata()
 
     def _connection(self) -> tuple[str | None, str]:
         """(api key, base URL), starting the shared local server if asked to."""
@@ -154,10 +181,22 @@ class InferenceBatchResource(dg.ConfigurableResource):
                 "InferenceBatchResource(use_local_server=True) runs on the package's local "
                 "Batch API server, whose answers are synthetic."
             )
-        return api_key, base_url or DEFAULT_BASE_URL
+        base_url = base_url or provider_profile(self.provider).base_url
+        if base_url is None:
+            raise ProviderNotConfigured(
+                f"InferenceBatchResource(provider={self.provider!r}) has no default base URL: "
+                f"set base_url (or {BASE_URL_ENV}) to your server's OpenAI-compatible /v1 URL"
+            )
+        return api_key, base_url
 
-    def get_client(self) -> InferenceBatchClient:
+    def get_client(self, *, on_upload_wait: UploadWaitHook | None = None) -> InferenceBatchClient:
         """A client for this configuration (close it, or use it in a ``with`` block).
+
+        Each wait for the provider's upload limit is logged to the Dagster logger (the
+        running step's log); ``on_upload_wait`` is also told of it.
+
+        Args:
+            on_upload_wait: Called as ``(seconds, reason)`` before each upload wait.
 
         Returns:
             An ``InferenceBatchClient`` with this resource's connection and limits,
@@ -165,8 +204,9 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
         Raises:
             ProviderNotConfigured: no key and no base URL (neither set here nor in the
-                environment) and ``use_local_server`` off, or both ``base_url`` and
-                ``use_local_server``.
+                environment) and ``use_local_server`` off, both ``base_url`` and
+                ``use_local_server``, or no base URL for ``provider="compatible"``.
+            ValueError: An unknown ``provider``.
 
         Example:
             >>> resource = InferenceBatchResource(api_key="test-key", base_url=local_server_url)
@@ -178,8 +218,14 @@ class InferenceBatchResource(dg.ConfigurableResource):
         return InferenceBatchClient(
             api_key=api_key,
             base_url=base_url,
+            provider=self.provider,
             max_requests_per_batch=self.max_requests_per_batch,
             max_bytes_per_batch=self.max_bytes_per_batch,
+            max_embedding_inputs_per_batch=self.max_embedding_inputs_per_batch,
+            upload_interval_seconds=self.upload_interval_seconds,
+            max_upload_wait=self.max_upload_wait,
+            check_models=self.check_models,
+            on_upload_wait=on_upload_wait,
             max_retries=self.max_retries,
             backoff_seconds=self.backoff_seconds,
             timeout=self.timeout,

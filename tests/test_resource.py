@@ -41,8 +41,9 @@ def test_no_key_no_url_and_no_opt_in_refuses_to_run(local_state_dir):
 
 
 def test_local_server_is_named_as_the_provider(no_provider_env):
-    assert InferenceBatchResource(use_local_server=True).provider == "local (synthetic answers)"
-    assert InferenceBatchResource(api_key="k").provider == DEFAULT_BASE_URL
+    local = InferenceBatchResource(use_local_server=True)
+    assert local.provider_label == "local (synthetic answers)"
+    assert InferenceBatchResource(api_key="k").provider_label == DEFAULT_BASE_URL
     with pytest.raises(ProviderNotConfigured, match="not both"):
         InferenceBatchResource(use_local_server=True, base_url="http://127.0.0.1:9/v1").get_client()
 
@@ -96,3 +97,54 @@ def test_shared_server_ignores_keys_meant_for_a_hand_started_server(local_state_
     monkeypatch.setenv("INFERENCE_LOCAL_SERVER_API_KEY", "only-for-my-own-server")
     client = InferenceBatchResource(use_local_server=True).get_client()
     assert list(client.list_batches(limit=1)) == []  # no 401: the shared server takes any key
+
+
+def test_provider_sets_the_client_profile_and_default_url(no_provider_env):
+    with InferenceBatchResource(api_key="k", provider="openai").get_client() as client:
+        assert client.base_url == "https://api.openai.com/v1"
+        assert (client.profile.name, client.max_requests_per_batch) == ("openai", 50_000)
+    resource = InferenceBatchResource(
+        api_key="k",
+        provider="openai",
+        max_requests_per_batch=7,
+        upload_interval_seconds=3.0,
+        max_upload_wait=9.0,
+        check_models=False,
+    )
+    with resource.get_client() as client:
+        assert (client.max_requests_per_batch, client.profile.upload_interval_seconds) == (7, 3.0)
+    with InferenceBatchResource(api_key="k").get_client() as client:
+        assert (client.profile.name, client.max_requests_per_batch) == ("inference.net", 1_000_000)
+        assert client.profile.upload_interval_seconds == 60.0
+
+
+def test_compatible_needs_a_base_url(no_provider_env):
+    with pytest.raises(ProviderNotConfigured, match="set base_url"):
+        InferenceBatchResource(api_key="k", provider="compatible").get_client()
+    resource = InferenceBatchResource(
+        api_key="k", provider="compatible", base_url="http://127.0.0.1:9/v1"
+    )
+    assert resource.get_client().profile.name == "compatible"
+
+
+def test_local_server_keeps_the_provider_rules_without_client_pacing(local_state_dir):
+    with InferenceBatchResource(use_local_server=True, provider="openai").get_client() as client:
+        assert client.profile.name == "openai" and client.profile.accepts_webhook_url is False
+        assert client.profile.upload_interval_seconds == 0.0  # the local server paces itself
+
+
+def test_upload_waits_reach_the_hook_and_the_dagster_log(batch_server, caplog):
+    server = batch_server(api_key="test-key")
+    resource = InferenceBatchResource(
+        api_key="test-key",
+        base_url=server.base_url,
+        upload_interval_seconds=1.0,
+        max_requests_per_batch=1,
+    )
+    waits = []
+    lines = [{"custom_id": c, "body": {"model": "m", "prompt": c}} for c in "ab"]
+    with caplog.at_level(logging.INFO):
+        with resource.get_client(on_upload_wait=lambda s, r: waits.append(r)) as client:
+            assert len(client.upload(lines, endpoint="/v1/completions").shards) == 2
+    assert waits == ["the provider's upload limit"]
+    assert "for the provider's upload limit" in caplog.text and "test-key" not in caplog.text
