@@ -9,7 +9,7 @@ import time
 import numpy as np
 import openai
 import pytest
-from openai.types import CreateEmbeddingResponse
+from openai.types import CreateEmbeddingResponse, ModerationCreateResponse
 from openai.types.responses import Response
 
 from dagster_inference_batch.local_server import ServerConfig
@@ -108,10 +108,12 @@ def test_refused_upload_does_not_use_the_slot(batch_server):
     client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
 
 
-def test_no_profile_means_no_pacing(batch_server):
+def test_no_profile_means_no_pacing_and_every_endpoint(batch_server):
     client = sdk_client(batch_server())
     for _ in range(3):
         client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    for endpoint in ("/v1/embeddings", "/v1/responses", "/v1/moderations"):
+        assert submit(client, [request_line("a")], endpoint=endpoint).endpoint == endpoint
 
 
 # models
@@ -218,6 +220,17 @@ def test_responses_answer_offline(batch_server):
     assert bodies["text"]["output"][0]["content"][0]["text"] == "Answer: Say hello"
     assert bodies["messages"]["output"][0]["content"][0]["text"] == "Answer: Name a colour"
     assert batch.usage.input_tokens == sum(b["usage"]["input_tokens"] for b in bodies.values())
+
+
+def test_moderations_answer_offline_under_openai(batch_server):
+    client = sdk_client(batch_server(profile="openai"))
+    url = "/v1/moderations"
+    lines = [line("a", url, model="omni-moderation-latest", input=["one", "two"])]
+    batch = wait_final(client, submit(client, lines, endpoint=url).id)
+    assert batch.status == "completed" and batch.request_counts.completed == 1
+    body = results_by_id(client, batch)["a"]["response"]["body"]
+    answer = ModerationCreateResponse.model_validate(body)
+    assert [r.flagged for r in answer.results] == [False, False]
 
 
 # options

@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..providers import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, provider_profile
+from ..providers import CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES, provider_profile
 from .objects import APIError
 
 if TYPE_CHECKING:
     from .config import ServerConfig
 
-PERMISSIVE_ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
+PERMISSIVE_ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, MODERATIONS)
 PERMISSIVE_MAX_REQUESTS = 50_000
 
 

@@ -69,7 +69,8 @@ class OfflineResponder:
     chunk_size = 2000
 
     def respond_many(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Reply]:
-        """Answer `bodies` as `endpoint` would (chat, completions, embeddings, responses).
+        """Answer `bodies` as `endpoint` would (chat, completions, embeddings, responses,
+        moderations).
 
         Args:
             endpoint: The batch's endpoint.
@@ -79,12 +80,14 @@ class OfflineResponder:
             One reply per body, in order.
         """
         from .offline_embeddings import embeddings
+        from .offline_moderations import moderations
         from .offline_responses import responses
 
         respond = {
             "/v1/chat/completions": self.chat,
             "/v1/embeddings": embeddings,
             "/v1/responses": responses,
+            "/v1/moderations": moderations,
         }.get(endpoint, self.completion)
         return [guarded(respond, body) for body in bodies]
 
