@@ -74,7 +74,7 @@ class UploadPacer:
             yield
             return
         with self._lock:
-            due = self._next_slot() - time.time()
+            due = min(self._next_slot() - time.time(), self.interval)  # clock skew
             if due > 0:
                 self.wait(due, "the provider's upload limit")
             try:

@@ -214,15 +214,22 @@ def _upload_file(
 def latest_upload_time(provider: ProviderCalls) -> float | None:
     """When the newest batch input file was uploaded, by anyone using the key.
 
+    Reads one page of ``GET /files?purpose=batch`` (newest first at OpenAI-compatible
+    providers). A listing that fails says nothing: the provider's 429s pace instead.
+
     Args:
         provider: The client's calls.
 
     Returns:
         Its ``created_at`` (Unix seconds), or None without files or a file listing.
     """
-    page = provider.listing(
-        FILE_LISTING, lambda: provider.sdk.files.list(purpose="batch", limit=1, order="desc")
-    )
+    try:
+        page = provider.listing(
+            FILE_LISTING, lambda: provider.sdk.files.list(purpose="batch", limit=100)
+        )
+    except BatchAPIError as error:
+        provider.log.info("upload pacing without the file list: %s", error)
+        return None
     if page is None or not page.data:
         return None
     return float(max(item.created_at for item in page.data))
