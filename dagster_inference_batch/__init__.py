@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .batch_record import BatchJob, BatchShard
 from .errors import (
     BatchAPIError,
     BatchFailedError,
@@ -19,7 +20,6 @@ from .errors import (
     PartialCreateError,
     ProviderNotConfigured,
 )
-from .job import BatchJob, BatchShard
 
 if TYPE_CHECKING:
     from .assets import InferenceBatchDefinitions, build_inference_batch_assets

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .batch_record import BatchJob, BatchShard
 from .errors import BatchAPIError, PartialCreateError
 from .idempotency import RELIST_PAGE, RaceCheck, batches_by_key, possibly_tried, record_intent
-from .job import BatchJob, BatchShard
 from .ledger import Ledger
 from .progress import apply_batch, copy_job
 from .provider_calls import ProviderCalls

@@ -23,10 +23,10 @@ import pandas as pd
 
 from . import job_results
 from .batch_creation import create_missing, find_existing
+from .batch_record import BatchJob, BatchShard
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
 from .create_options import check_create_options, is_loopback
 from .errors import BatchAPIError, BatchWaitTimeout, InvalidBatchInput, PartialCreateError
-from .job import BatchJob, BatchShard
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
 from .model_check import ModelCheck
 from .progress import FinalStateCheck, cancel_job, copy_job, refresh_job

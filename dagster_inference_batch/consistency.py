@@ -8,7 +8,7 @@ not final for us, or the answers it paid for would come back ``missing``.
 
 from __future__ import annotations
 
-from .job import BatchShard
+from .batch_record import BatchShard
 
 DEFAULT_FINAL_STATE_WAIT_SECONDS = 600.0  # how long an inconsistent final state is re-read
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
+from .batch_record import BatchShard
 from .errors import BatchAPIError
-from .job import BatchShard
 from .provider_calls import ProviderCalls
 from .results import ResultFile
 

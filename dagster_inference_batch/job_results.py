@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .batch_record import BatchJob
 from .downloads import download_inputs, download_result_files, input_records
 from .errors import BatchAPIError, BatchFailedError
-from .job import BatchJob
 from .provider_calls import ProviderCalls
 from .result_join import mark_unanswered
 from .results import collect_results

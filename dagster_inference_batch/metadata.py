@@ -14,7 +14,7 @@ import dagster as dg
 import orjson
 import pandas as pd
 
-from .job import BatchJob
+from .batch_record import BatchJob
 from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import EncodedRequests
 from .results import STATUSES

@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Any
 
+from .batch_record import BatchJob, BatchShard
 from .consistency import absent_files
-from .job import BatchJob, BatchShard
 from .provider_calls import ProviderCalls
 
 _FINAL_TIME_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")

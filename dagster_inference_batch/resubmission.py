@@ -12,9 +12,9 @@ from pathlib import Path
 
 import orjson
 
+from .batch_record import BatchJob
 from .consistency import absent_files
 from .downloads import download_inputs, download_result_files, input_records
-from .job import BatchJob
 from .provider_calls import ProviderCalls
 from .request_lines import EncodedRequests, encode_requests
 from .result_join import leftover_custom_ids

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import dagster as dg
 import pandas as pd
 
+from .batch_record import BatchJob
 from .client import InferenceBatchClient
 from .content import parse_content_columns
 from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
-from .job import BatchJob
 from .metadata import results_metadata, token_usage
 from .metadata_set import InferenceBatchMetadataSet
 from .row_changes import compare_lines

@@ -24,9 +24,9 @@ from typing import Literal
 
 import dagster as dg
 
+from .batch_record import BatchJob, StoredStateError
 from .consistency import absent_files
 from .dagster_compat import latest_storage_id_by_partition
-from .job import BatchJob, StoredStateError
 from .metadata_set import InferenceBatchMetadataSet
 
 _JOB_KEY = InferenceBatchMetadataSet.key("job")  # read raw: a broken job is not skipped

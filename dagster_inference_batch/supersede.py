@@ -16,9 +16,9 @@ from typing import Any
 
 import dagster as dg
 
+from .batch_record import BatchJob
 from .client import InferenceBatchClient
 from .errors import BatchAPIError
-from .job import BatchJob
 from .state import latest_job
 
 _CANCELLING = ("cancelling", "cancelled")

@@ -15,8 +15,8 @@ from typing import Any
 
 import openai
 
+from .batch_record import BatchJob, BatchShard
 from .errors import BatchAPIError, InvalidBatchInput
-from .job import BatchJob, BatchShard
 from .ledger import Ledger
 from .provider_calls import FILE_LISTING, ProviderCalls
 from .request_lines import EncodedRequests, shard_requests, write_jsonl

@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 
 from dagster_inference_batch import budget
+from dagster_inference_batch.batch_record import BatchJob
 from dagster_inference_batch.client import InferenceBatchClient
 from dagster_inference_batch.errors import BatchAPIError
-from dagster_inference_batch.job import BatchJob
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from tests.dagster_harness import NAME, Harness
 

@@ -21,7 +21,7 @@ from dagster_inference_batch import (
     InferenceBatchClient,
     InvalidBatchInput,
 )
-from dagster_inference_batch.job import BatchShard
+from dagster_inference_batch.batch_record import BatchShard
 
 API_KEY = "test-key"
 

@@ -27,9 +27,9 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
+from dagster_inference_batch.batch_record import BatchJob, BatchShard
 from dagster_inference_batch.client import InferenceBatchClient
 from dagster_inference_batch.errors import BatchAPIError, BatchWaitTimeout
-from dagster_inference_batch.job import BatchJob, BatchShard
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from dagster_inference_batch.sensor import plan as sensor_module
 from dagster_inference_batch.state import RecordedJob

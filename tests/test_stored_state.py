@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
-from dagster_inference_batch.job import BatchJob
+from dagster_inference_batch.batch_record import BatchJob
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from tests.dagster_harness import NAME, Harness
 
@@ -67,7 +67,7 @@ def previous() -> dict[str, Any]:
 
 
 def test_unknown_fields_in_the_job_and_its_shards_are_ignored():
-    from dagster_inference_batch.job import FORMAT_VERSION
+    from dagster_inference_batch.batch_record import FORMAT_VERSION
 
     data = {**previous(), "format_version": FORMAT_VERSION, "priority": "high"}
     data["shards"][0]["region"] = {"name": "eu-west"}
@@ -82,7 +82,7 @@ def test_unknown_fields_in_the_job_and_its_shards_are_ignored():
 
 
 def test_a_job_written_before_format_version_reads_and_is_written_back_stamped():
-    from dagster_inference_batch.job import FORMAT_VERSION
+    from dagster_inference_batch.batch_record import FORMAT_VERSION
 
     job = BatchJob.from_dict(previous())
 
@@ -103,7 +103,7 @@ def test_a_job_written_before_format_version_reads_and_is_written_back_stamped()
 
 
 def test_a_job_of_a_newer_format_version_is_refused_naming_the_version():
-    from dagster_inference_batch.job import FORMAT_VERSION, StoredStateError
+    from dagster_inference_batch.batch_record import FORMAT_VERSION, StoredStateError
 
     newer = {**previous(), "format_version": FORMAT_VERSION + 1}
 
@@ -148,7 +148,7 @@ BROKEN: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
 
 @pytest.mark.parametrize("case", BROKEN)
 def test_a_broken_job_record_is_refused_saying_what_is_wrong(case):
-    from dagster_inference_batch.job import StoredStateError
+    from dagster_inference_batch.batch_record import StoredStateError
 
     spoil, expected = BROKEN[case]
 
@@ -158,7 +158,7 @@ def test_a_broken_job_record_is_refused_saying_what_is_wrong(case):
 
 
 def test_job_text_that_is_not_json_is_refused():
-    from dagster_inference_batch.job import StoredStateError
+    from dagster_inference_batch.batch_record import StoredStateError
 
     with pytest.raises(StoredStateError, match="not valid JSON"):
         BatchJob.from_json('{"endpoint": ')

@@ -15,7 +15,12 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 
-from ..job import FORMAT_VERSION, StoredStateError, read_stored_fields, stored_format_version
+from ..batch_record import (
+    FORMAT_VERSION,
+    StoredStateError,
+    read_stored_fields,
+    stored_format_version,
+)
 
 _CURSOR_ENTRIES: dict[str, tuple[type, ...]] = {
     "progress": (str,),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ..job import StoredStateError
+from ..batch_record import StoredStateError
 from ..spec import InferenceBatchSpec
 from .cursor import SensorCursor
 from .gather import gather_tick

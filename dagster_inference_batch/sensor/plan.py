@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from ..job import BatchJob
+from ..batch_record import BatchJob
 from ..metadata import batch_metadata, progress_metadata
 from ..metadata_set import InferenceBatchMetadataSet
 from ..state import RecordedJob

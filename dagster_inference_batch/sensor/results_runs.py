@@ -62,7 +62,7 @@ def results_for(name: str, recorded: RecordedJob) -> str:
         ``<name>:<partition>:<storage id>`` (an empty partition when unpartitioned).
 
     Example:
-        >>> from dagster_inference_batch.job import BatchJob
+        >>> from dagster_inference_batch.batch_record import BatchJob
         >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
         >>> results_for("llm", RecordedJob(partition="a", storage_id=42, job=job))
         'llm:a:42'

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..job import BatchJob
+from ..batch_record import BatchJob
 from .results_runs import MAX_RESULTS_RETRIES
 from .tick import SlotPlan, where
 

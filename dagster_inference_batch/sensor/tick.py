@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from ..job import BatchJob
+from ..batch_record import BatchJob
 from ..spec import DEFAULT_PROGRESS_STEP_PERCENT, DEFAULT_PROGRESS_STEP_SECONDS
 from ..state import Action, RecordedJob, UnreadableJob
 from .cursor import SensorCursor
