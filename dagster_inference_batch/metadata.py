@@ -17,6 +17,7 @@ import pandas as pd
 from .batch_record import BatchJob
 from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import EncodedRequests
+from .result_bodies import embedding_dimension
 from .results import STATUSES
 from .state import RecordedJob
 
@@ -225,7 +226,8 @@ def results_metadata(
         cost: the estimated cost in USD, or None without prices.
 
     Returns:
-        Row count, schema, counts per status, tokens, cost, time to final, a preview,
+        Row count, schema, counts per status, tokens, cost, time to final, the
+        embedding vectors' length (embeddings batches), a preview,
         the link to the batch materialization joined (``collected_storage_id`` and
         ``job_key``) and the number of rows the job submitted.
     """
@@ -245,6 +247,7 @@ def results_metadata(
         preview=preview_table(frame, [c for c in _PREVIEW_COLUMNS if c in frame.columns]),
         seconds_to_final=elapsed,
         cost_usd=round(cost, 6) if cost is not None else None,
+        embedding_dimension=embedding_dimension(frame),
     )
     return {
         "dagster/row_count": len(frame),

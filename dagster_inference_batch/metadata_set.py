@@ -90,6 +90,7 @@ class InferenceBatchMetadataSet:
     attempts: int | None = _key("int", "attempts the results span")
     seconds_to_final: float | None = _key("float", "first submission to the last final state")
     cost_usd: float | None = _key("float", "estimated cost")
+    embedding_dimension: int | None = _key("int", "length of the embedding vectors (embeddings)")
     upstream_changed: dict[str, Any] | None = _key("json", "rows changed since submission")
     preview: dg.TableMetadataValue | None = _key("table", "the first request or result rows")
     # the recorded job (read back by every step and the sensor) and the links to it
