@@ -1,9 +1,9 @@
 """Upload pacing: file uploads spaced to the provider's upload limit, across processes.
 
 Inference.net takes one batch file per minute per key. Before each upload the pacer reads
-the newest ``purpose=batch`` file in the provider's own file list (``GET /files``, newest
-first), so that every process using the key queues behind the last upload, whoever made
-it; uploads of one client are taken one at a time. A 429 on upload with a
+the provider's own file list (one page of ``GET /files``, in whatever order the provider
+gives it) and takes the newest ``purpose=batch`` file's ``created_at``, so that every
+process using the key queues behind the last upload, whoever made it; uploads of one client are taken one at a time. A 429 on upload with a
 ``Retry-After`` is a wait too. All waits of one upload together are bounded by
 ``max_upload_wait``; past it the upload fails with a ``BatchAPIError`` that says so.
 """
