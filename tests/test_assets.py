@@ -284,6 +284,8 @@ def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
     assert len(harness.run_keys) == 3
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # about two minutes alone on 2 cores; more under load
 def test_fifty_daily_partitions_in_flight_each_collected_exactly_once(instance, batch_server):
     server = batch_server(requests_per_second=50)
     days = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-02-20")
