@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -61,30 +62,16 @@ def _balanced_cuts(
     return _greedy_cuts(n, max_requests, [(cumulative, low), *extra])
 
 
-def _check_line_fits(encoded: EncodedRequests, sizes: np.ndarray, max_bytes: int) -> None:
-    """Raise for every line that alone is over the batch byte limit."""
+def _refuse_oversized(
+    encoded: EncodedRequests, values: np.ndarray, cap: int, over: Callable[[int], str]
+) -> None:
+    """Raise, naming each line and custom_id, for every line whose ``values`` entry alone
+    is over ``cap``; ``over(value)`` says what the value is."""
     problems = Problems()
     problems.add_rows(
-        np.flatnonzero(sizes > max_bytes).tolist(),
-        lambda i: (
-            f"{where(i + 1, encoded.custom_ids[i])}: line is {sizes[i]} bytes with "
-            f"its newline, over the {max_bytes}-byte batch limit"
-        ),
-        range(1, len(sizes) + 1),
-    )
-    problems.raise_if_any()
-
-
-def _check_inputs_fit(encoded: EncodedRequests, counts: np.ndarray, cap: int) -> None:
-    """Raise for every line that alone carries more embedding inputs than a batch may."""
-    problems = Problems()
-    problems.add_rows(
-        np.flatnonzero(counts > cap).tolist(),
-        lambda i: (
-            f"{where(i + 1, encoded.custom_ids[i])}: {counts[i]} embedding inputs in one "
-            f"line, over the {cap}-input batch limit (max_embedding_inputs)"
-        ),
-        range(1, len(counts) + 1),
+        np.flatnonzero(values > cap).tolist(),
+        lambda i: f"{where(i + 1, encoded.custom_ids[i])}: {over(int(values[i]))}",
+        range(1, len(values) + 1),
     )
     problems.raise_if_any()
 
@@ -104,7 +91,15 @@ def _input_budget(encoded: EncodedRequests, cap: int | None) -> np.ndarray | Non
     if cap < 1:
         raise ValueError("max_embedding_inputs must be positive")
     counts = np.asarray(encoded.embedding_input_counts, dtype=np.int64)
-    _check_inputs_fit(encoded, counts, cap)
+    _refuse_oversized(
+        encoded,
+        counts,
+        cap,
+        lambda n: (
+            f"{n} embedding inputs in one line, over the {cap}-input batch limit "
+            "(max_embedding_inputs)"
+        ),
+    )
     return counts
 
 
@@ -153,7 +148,12 @@ def shard_requests(
     if max_requests < 1 or max_bytes < 1:
         raise ValueError("max_requests and max_bytes must be positive")
     sizes = np.fromiter(map(len, encoded.lines), dtype=np.int64, count=len(encoded)) + 1
-    _check_line_fits(encoded, sizes, max_bytes)
+    _refuse_oversized(
+        encoded,
+        sizes,
+        max_bytes,
+        lambda n: f"line is {n} bytes with its newline, over the {max_bytes}-byte batch limit",
+    )
     counts = _input_budget(encoded, max_embedding_inputs)
     shards: list[Shard] = []
     for model, members in zip(*_model_groups(encoded.models), strict=True):
