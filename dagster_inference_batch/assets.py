@@ -152,7 +152,7 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
         encoded = spec.requests.build(upstream)
         partition = partition_of(context)
         resource = spec.resource(context)
-        with resource.get_client() as client:
+        with resource.get_client(upload_queue=spec.upload_queue(context, partition)) as client:
             job = client.upload(
                 encoded,
                 metadata={"dagster_asset": batch_name, "dagster_partition": partition or ""},

@@ -40,7 +40,12 @@ from .providers import DEFAULT_PROVIDER, ProviderProfile, provider_profile
 from .request_lines import EncodedRequests, encode_requests
 from .resubmission import leftover_requests
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, RetryPolicy
-from .upload_pacing import DEFAULT_MAX_UPLOAD_WAIT_SECONDS, UploadPacer, UploadWaitHook
+from .upload_pacing import (
+    DEFAULT_MAX_UPLOAD_WAIT_SECONDS,
+    UploadPacer,
+    UploadQueue,
+    UploadWaitHook,
+)
 from .uploads import latest_upload_time, new_job, upload_name, upload_shards
 
 DEFAULT_BASE_URL = require_base_url(provider_profile(DEFAULT_PROVIDER))
@@ -77,6 +82,8 @@ class InferenceBatchClient:
         max_upload_wait: Most seconds one upload waits for the upload limit.
         check_models: Check the lines' models against ``GET /models`` before upload.
         on_upload_wait: Also called as ``(seconds, reason)`` before each upload wait.
+        upload_queue: Orders uploads that wait for the upload limit across processes,
+            each wait logged with its place (the Dagster assets pass the event log's).
         max_retries: Retries of a call that failed retryably (429, 5xx, timeouts, resets).
         backoff_seconds: The first retry's pause; it doubles per retry.
         timeout: Seconds for one HTTP call.
@@ -117,6 +124,7 @@ class InferenceBatchClient:
         max_upload_wait: float = DEFAULT_MAX_UPLOAD_WAIT_SECONDS,
         check_models: bool = True,
         on_upload_wait: UploadWaitHook | None = None,
+        upload_queue: UploadQueue | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
@@ -170,6 +178,7 @@ class InferenceBatchClient:
             lambda: latest_upload_time(self._provider),
             self._provider.log,
             on_upload_wait,
+            upload_queue,
         )
         self._models = ModelCheck(self._provider, self.profile.name) if check_models else None
         self.idempotency = "listing"

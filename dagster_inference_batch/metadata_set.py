@@ -100,6 +100,9 @@ class InferenceBatchMetadataSet:
     cancel_requested: bool | None = _key("bool", "a user's cancel (batch)")
     unreadable_job: str | None = _key("str", "why a recorded job cannot be read (failure)")
     ledger: dict[str, str] | None = _key("json", "an upload/batch/intent record {kind, key, id}")
+    upload_queue: dict[str, str] | None = _key(
+        "json", "a place in the upload queue {event: joined/left, ticket, run_id}"
+    )
     # what the package did on its own
     superseded: dict[str, Any] | None = _key("json", "batches a newer submission replaced")
     cancelled_batch_ids: list[str] | None = _key("json", "batches a cancel stopped")

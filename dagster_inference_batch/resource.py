@@ -25,7 +25,7 @@ from .metadata_set import InferenceBatchMetadataSet
 from .providers import DEFAULT_PROVIDER, PROFILES, provider_profile
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES
 from .shared_local_server import start_or_reuse_shared_server
-from .upload_pacing import DEFAULT_MAX_UPLOAD_WAIT_SECONDS, UploadWaitHook
+from .upload_pacing import DEFAULT_MAX_UPLOAD_WAIT_SECONDS, UploadQueue, UploadWaitHook
 
 LOCAL_PROVIDER = "local (synthetic answers)"
 _announced_local_server: set[str] = set()  # log the "synthetic answers" notice once per URL
@@ -189,7 +189,12 @@ class InferenceBatchResource(dg.ConfigurableResource):
             )
         return api_key, base_url
 
-    def get_client(self, *, on_upload_wait: UploadWaitHook | None = None) -> InferenceBatchClient:
+    def get_client(
+        self,
+        *,
+        on_upload_wait: UploadWaitHook | None = None,
+        upload_queue: UploadQueue | None = None,
+    ) -> InferenceBatchClient:
         """A client for this configuration (close it, or use it in a ``with`` block).
 
         Each wait for the provider's upload limit is logged to the Dagster logger (the
@@ -197,6 +202,8 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
         Args:
             on_upload_wait: Called as ``(seconds, reason)`` before each upload wait.
+            upload_queue: Orders the uploads that wait, across processes (the
+                ``<name>_input_file`` asset passes one kept in the event log).
 
         Returns:
             An ``InferenceBatchClient`` with this resource's connection and limits,
@@ -226,6 +233,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
             max_upload_wait=self.max_upload_wait,
             check_models=self.check_models,
             on_upload_wait=on_upload_wait,
+            upload_queue=upload_queue,
             max_retries=self.max_retries,
             backoff_seconds=self.backoff_seconds,
             timeout=self.timeout,

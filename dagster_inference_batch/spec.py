@@ -19,6 +19,7 @@ from .content import ContentParser
 from .event_ledger import EventLogLedger
 from .metadata import KINDS
 from .request_lines import CHAT_ENDPOINT, EncodedRequests, build_requests, check_prompt_source
+from .upload_queue import UPLOAD_SECONDS_ALLOWED, EventLogUploadQueue
 
 if TYPE_CHECKING:
     from .resource import InferenceBatchResource
@@ -264,6 +265,27 @@ class InferenceBatchSpec:
             The resource bound under ``resource_key``.
         """
         return getattr(context.resources, self.resource_key)
+
+    def upload_queue(
+        self, context: dg.AssetExecutionContext, partition: str | None
+    ) -> EventLogUploadQueue:
+        """The queue of uploads waiting for the provider's upload limit, in the event log.
+
+        Args:
+            context: The ``<name>_input_file`` step.
+            partition: Its partition key, or None.
+
+        Returns:
+            An ``EventLogUploadQueue`` on ``input_file_key``, whose places go stale
+            ``max_upload_wait`` (plus time to upload) after they are taken.
+        """
+        return EventLogUploadQueue(
+            context.instance,
+            self.input_file_key,
+            partition,
+            context.run_id,
+            stale_after=self.resource(context).max_upload_wait + UPLOAD_SECONDS_ALLOWED,
+        )
 
     def ledger(self, instance: dg.DagsterInstance, partition: str | None) -> EventLogLedger:
         """The event-log ledger of one partition's uploads and batches.

@@ -4,7 +4,8 @@ Five partitions submitted at once, each in its own process over one persistent i
 against the local server's `inference.net` profile with its one-file-a-minute limit
 scaled down to `INTERVAL` seconds (`--upload-interval`, `upload_interval_seconds`): every
 run succeeds, the five uploads reach the server `INTERVAL` apart, some step logs its wait
-for the upload limit, and the sensor then collects every row of every partition.
+for the upload limit with its place in the upload queue, and the sensor then collects
+every row of every partition.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def test_five_partitions_at_once_upload_paced_to_the_profile_and_all_reach_resul
             if "for the provider's upload limit" in e.user_message
         ]
         assert waits and all(w.startswith("waiting") for w in waits), waits
+        assert any("in the upload queue" in w for w in waits), waits
+        # the queue, not the provider's 429s, spaced them: at most a straggler's retry
+        assert sum("429" in w for w in waits) <= 1, waits
         submitted = time.monotonic() - started
 
         harness = pacing_harness(instance, server.base_url, PARTITIONS, INTERVAL)
