@@ -16,6 +16,7 @@ import pandas as pd
 
 from .encode import encode_numbered_lines
 from .encoded import EncodedRequests
+from .fingerprint import TemplateFingerprints
 from .inputs import content_key
 from .validate import (
     CHAT_ENDPOINT,
@@ -125,8 +126,9 @@ def _json_strings(values: list[str], start: int, ids: list[str], problems: Probl
 
 def _line_template(
     endpoint: str, body: dict[str, Any], system_prompt: str | None, problems: Problems
-) -> tuple[bytes, bytes, bytes] | None:
-    """The encoded line cut around its id and prompt: ``head + id + middle + prompt + tail``."""
+) -> tuple[bytes, bytes, bytes, TemplateFingerprints] | None:
+    """The encoded line cut around its id and prompt: ``head + id + middle + prompt + tail``,
+    and the fingerprints of its bodies by prompt."""
     id_mark, prompt_mark = _placeholder(), _placeholder()
     params = {k: v for k, v in body.items() if k != "model"}
     if endpoint == CHAT_ENDPOINT:
@@ -146,7 +148,7 @@ def _line_template(
         return None
     head, rest = template.split(id_mark.encode())
     middle, tail = rest.split(prompt_mark.encode())
-    return head, middle, tail
+    return head, middle, tail, TemplateFingerprints(endpoint, body, prompt_mark)
 
 
 def _prompt_lines(
@@ -157,17 +159,19 @@ def _prompt_lines(
     system_prompt: str | None,
     max_line_bytes: int,
     problems: Problems,
-) -> list[bytes]:
-    """The fast path: per-row JSON spliced into the line template as bytes.
+) -> tuple[list[bytes], list[str]]:
+    """The fast path: per-row JSON spliced into the line template as bytes; the lines
+    and their fingerprints.
 
     Works in chunks so the intermediate objects (prompts as Python str, their JSON) stay
     few and their memory is reused: fresh memory is what costs most here.
     """
     template = _line_template(endpoint, body, system_prompt, problems)
     if template is None:
-        return []
-    head, middle, tail = template
+        return [], []
+    head, middle, tail, fingerprints = template
     lines: list[bytes] = []
+    prints: list[str] = []
     for start in range(0, len(ids), CHUNK_LINES):
         chunk = slice(start, start + CHUNK_LINES)
         id_json = _json_strings(ids[chunk], start, ids, problems)
@@ -175,7 +179,8 @@ def _prompt_lines(
         new = [head + i + middle + p + tail for i, p in zip(id_json, prompt_json, strict=True)]
         check_line_sizes(new, start, ids, max_line_bytes, problems)  # while the chunk is hot
         lines += new
-    return lines
+        prints += fingerprints.of(prompt_json)
+    return lines, prints
 
 
 def _from_prompts(
@@ -196,10 +201,14 @@ def _from_prompts(
     prompts = df[prompt_column]
     _check_prompts(prompts, ids, problems)
     problems.raise_if_any()  # from here on every id and prompt is a non-empty str
-    lines = _prompt_lines(ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems)
+    lines, prints = _prompt_lines(
+        ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems
+    )
     problems.raise_if_any()
     counts = [1] * len(lines) if endpoint == EMBEDDINGS_ENDPOINT else None  # one text per line
-    return EncodedRequests(endpoint, ids, lines, [params["model"]] * len(lines), counts)
+    return EncodedRequests(
+        endpoint, ids, lines, [params["model"]] * len(lines), counts, fingerprint_list=prints
+    )
 
 
 def _bodies_from_messages(

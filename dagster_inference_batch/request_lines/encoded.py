@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .fingerprint import line_fingerprints
 from .inputs import line_input_counts
 from .write import jsonl_sha256
 
@@ -23,6 +24,8 @@ class EncodedRequests:
         models: Each line's ``body.model``.
         input_counts: Each line's embedding inputs when known (see
             :attr:`embedding_input_counts`); None works them out from the lines.
+        fingerprint_list: Each line's fingerprint when known (see :attr:`fingerprints`);
+            None works them out from the lines.
 
     Example:
         >>> from dagster_inference_batch import build_requests
@@ -39,6 +42,7 @@ class EncodedRequests:
     lines: list[bytes]
     models: list[str]
     input_counts: list[int] | None = field(default=None, repr=False, compare=False)
+    fingerprint_list: list[str] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -80,6 +84,44 @@ class EncodedRequests:
             The sum of :attr:`embedding_input_counts` (0 off the embeddings endpoint).
         """
         return sum(self.embedding_input_counts)
+
+    @cached_property
+    def fingerprints(self) -> list[str]:
+        """Each line's request fingerprint: its endpoint and canonical body, model
+        included, ``custom_id`` aside (see ``fingerprint.py``).
+
+        Returns:
+            One 32-hex-digit fingerprint per line.
+
+        Example:
+            >>> from dagster_inference_batch import build_requests
+            >>> df = pd.DataFrame({"custom_id": ["a", "b", "c"], "prompt": ["Hi", "Yo", "Hi"]})
+            >>> prints = build_requests(df, model="m", prompt_column="prompt").fingerprints
+            >>> prints[0] == prints[2] != prints[1]
+            True
+        """
+        if self.fingerprint_list is not None:
+            return self.fingerprint_list
+        return line_fingerprints(self.endpoint, self.lines)
+
+    def subset(self, positions: list[int]) -> EncodedRequests:
+        """The lines at ``positions``, in that order.
+
+        Args:
+            positions: Indexes into the lines.
+
+        Returns:
+            A new ``EncodedRequests`` holding those lines only.
+        """
+        counts = self.input_counts
+        return EncodedRequests(
+            self.endpoint,
+            [self.custom_ids[i] for i in positions],
+            [self.lines[i] for i in positions],
+            [self.models[i] for i in positions],
+            [counts[i] for i in positions] if counts is not None else None,
+            fingerprint_list=[self.fingerprints[i] for i in positions],
+        )
 
     def sha256(self) -> str:
         """Hex sha256 of the JSONL bytes :func:`write_jsonl` writes for all lines.
