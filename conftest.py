@@ -8,7 +8,8 @@ local Batch API server started once for the session:
 - ``dg`` (dagster) and ``pd`` (pandas).
 
 Every doctest runs with the working directory in a temporary folder, so an example may
-write files.
+write files. Every test and doctest has its own answer store (incremental runs), so no
+answer kept by one is reused by another, and none lands in the user's cache directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import pytest
 from _pytest.doctest import DoctestItem
 
 pytest_plugins = ["tests.server_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _answer_store_per_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_BATCH_ANSWER_STORE", str(tmp_path / "answer-store"))
 
 
 @pytest.fixture(autouse=True)

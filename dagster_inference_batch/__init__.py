@@ -22,8 +22,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .answer_store import AnswerStore
     from .assets import InferenceBatchDefinitions, build_inference_batch_assets
     from .client import InferenceBatchClient
+    from .cost_estimate import BudgetExceeded
     from .request_lines import EncodedRequests, build_requests
     from .resource import InferenceBatchResource
 
@@ -34,14 +36,18 @@ _LAZY_NAMES = {
     "InferenceBatchDefinitions": ".assets",
     "build_inference_batch_assets": ".assets",
     "InferenceBatchResource": ".resource",
+    "BudgetExceeded": ".cost_estimate",
+    "AnswerStore": ".answer_store",
 }
 
 __all__ = [
+    "AnswerStore",
     "BatchAPIError",
     "BatchFailedError",
     "BatchJob",
     "BatchShard",
     "BatchWaitTimeout",
+    "BudgetExceeded",
     "EncodedRequests",
     "InferenceBatchClient",
     "InferenceBatchDefinitions",

@@ -217,6 +217,19 @@ class BatchJob:
     # ``<name>_results`` compares the upstream's current lines with; None in a job
     # recorded before the field existed
     sha256: str | None = None
+    # incremental jobs (``incremental.py``): rows answered without being sent (from the
+    # answer store, or a duplicate of a row sent), the URL of the file listing every row
+    # with its fingerprint, and the cost estimate of the lines sent
+    rows_reused: int = 0
+    manifest: str | None = None
+    estimate: dict[str, Any] = field(default_factory=dict)
+    tokens_saved: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def answered_without_batches(self) -> bool:
+        """Every row was answered from earlier answers: no file, no batch, nothing to wait
+        for."""
+        return not self.shards and self.rows_reused > 0
 
     @property
     def attempt(self) -> int:
@@ -237,6 +250,8 @@ class BatchJob:
     @property
     def is_final(self) -> bool:
         """True when every created shard of the latest attempt has reached a final status."""
+        if self.answered_without_batches:
+            return True
         current = self.current_shards
         return bool(current) and all(s.is_final for s in current)
 
@@ -246,8 +261,11 @@ class BatchJob:
 
         ``uploaded`` before any batch exists, ``in_progress`` while any shard runs,
         otherwise the most urgent final status among the shards
-        (failed > expired > cancelled > completed).
+        (failed > expired > cancelled > completed); ``completed`` for a job answered
+        without batches.
         """
+        if self.answered_without_batches:
+            return "completed"
         current = self.current_shards
         if not current or any(s.batch_id is None for s in current):
             return "uploaded"

@@ -11,6 +11,7 @@ job: ``provider_calls`` (retried calls), ``uploads``, ``batch_creation``, ``prog
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -22,11 +23,15 @@ import openai
 import pandas as pd
 
 from . import job_results
+from .answer_store import AnswerStore, default_store_url, namespace_for
 from .batch_creation import create_missing, find_existing
 from .batch_record import BatchJob, BatchShard
 from .consistency import DEFAULT_FINAL_STATE_WAIT_SECONDS
+from .cost_estimate import CostEstimate, check_budget, estimate_cost, resolve_prices
 from .create_options import check_create_options, is_loopback
 from .errors import BatchAPIError, BatchWaitTimeout, InvalidBatchInput, PartialCreateError
+from .incremental import SendPlan, plan_sending
+from .job_manifest import manifest_url, write_manifest
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
 from .model_check import ModelCheck
 from .progress import FinalStateCheck, cancel_job, copy_job, refresh_job
@@ -93,6 +98,16 @@ class InferenceBatchClient:
         final_state_wait_seconds: How long a final batch whose files lag its counts is
             read again before it is taken as final.
         delete_files_after_results: Delete the job's files once ``results`` has them.
+        incremental: Send only requests with no stored answer, each distinct one once,
+            and answer the rest from the answer store (see ``incremental.py``).
+        answer_store: The answer store's URL: a path or any fsspec URL (default:
+            ``INFERENCE_BATCH_ANSWER_STORE``, else under ``DAGSTER_HOME``, else a cache
+            directory); answers are kept per provider base URL.
+        answer_max_age: Ignore stored answers older than this many seconds.
+        max_cost_usd: Refuse, before upload, a job whose worst-case estimate is above it.
+        price_per_million_input_tokens: USD per million input tokens (with the output
+            price; default: the profile's published batch price of the model, if known).
+        price_per_million_output_tokens: USD per million output tokens.
         logger: Where progress, retries and warnings go.
 
     Raises:
@@ -133,6 +148,12 @@ class InferenceBatchClient:
         completion_window: str = "24h",
         final_state_wait_seconds: float = DEFAULT_FINAL_STATE_WAIT_SECONDS,
         delete_files_after_results: bool = False,
+        incremental: bool = True,
+        answer_store: str | None = None,
+        answer_max_age: float | None = None,
+        max_cost_usd: float | None = None,
+        price_per_million_input_tokens: float | None = None,
+        price_per_million_output_tokens: float | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         if upload_interval_seconds is None and base_url is not None and is_loopback(base_url):
@@ -181,11 +202,46 @@ class InferenceBatchClient:
             upload_queue,
         )
         self._models = ModelCheck(self._provider, self.profile.name) if check_models else None
+        self.incremental = incremental
+        self.answer_max_age = answer_max_age
+        self.max_cost_usd = max_cost_usd
+        self._answer_store_url = answer_store
+        self._answer_store: AnswerStore | None = None
+        self._prices = (price_per_million_input_tokens, price_per_million_output_tokens)
+        resolve_prices(self.profile.name, "", *self._prices)  # both prices or neither
         self.idempotency = "listing"
         """How the last ``create`` looked for batches already made: ``listing`` (the
         provider's batch listing), ``ledger`` (no listing; the caller's record of created
         batches) or ``degraded`` (neither: a crash between create and its record could
         cost a second batch)."""
+
+    @property
+    def answer_store(self) -> AnswerStore:
+        """The answers kept for incremental jobs, in this base URL's namespace."""
+        if self._answer_store is None:
+            self._answer_store = AnswerStore(
+                self._answer_store_url or default_store_url(),
+                namespace=namespace_for(self.base_url),
+            )
+        return self._answer_store
+
+    def estimate(self, requests: EncodedRequests) -> CostEstimate:
+        """The tokens and cost of sending ``requests``, at this client's prices.
+
+        Args:
+            requests: Encoded request lines.
+
+        Returns:
+            The estimate (USD figures None for a model without a price).
+
+        Example:
+            >>> lines = client.prepare([{"custom_id": "a", "body": {"model": "m",
+            ...     "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10}}])
+            >>> client.estimate(lines).worst_output_tokens
+            10
+        """
+        prices = {m: resolve_prices(self.profile.name, m, *self._prices) for m in requests.models}
+        return estimate_cost(requests, prices)
 
     @property
     def max_requests_per_batch(self) -> int:
@@ -330,8 +386,17 @@ class InferenceBatchClient:
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         ledger: Ledger | None = None,
+        incremental: bool | None = None,
+        refresh: bool = False,
+        max_cost_usd: float | None = None,
     ) -> BatchJob:
         """Validate, shard and upload the request lines; no batch is created yet.
+
+        Incremental (the client's default), only requests with no stored answer are
+        sent, each distinct one once; the job's ``rows_reused`` counts the others, and
+        with none left to send nothing is uploaded (the job is final at once). The cost
+        of what is sent is estimated first (``job.estimate``) and checked against
+        ``max_cost_usd``.
 
         A shard uploaded under the same key by an earlier, interrupted call is reused:
         found in ``ledger`` (see ``ledger.py``), among this process's uploads, or in the
@@ -343,6 +408,9 @@ class InferenceBatchClient:
             metadata: Batch metadata, checked now and sent at ``create``.
             idempotency_key: The job's key (default: from the lines' sha256).
             ledger: The caller's record of uploads, written as each one exists.
+            incremental: Override the client's ``incremental``.
+            refresh: Send every distinct request, stored answers or not.
+            max_cost_usd: Override the client's ``max_cost_usd``.
 
         Returns:
             A job whose shards have input files and no batches.
@@ -350,6 +418,8 @@ class InferenceBatchClient:
         Raises:
             InvalidBatchInput: Invalid lines or create options, an endpoint or a model
                 the provider does not offer; nothing is uploaded.
+            BudgetExceeded: The worst-case estimate is above ``max_cost_usd``; nothing
+                is uploaded.
             BatchAPIError: The provider refused an upload or kept failing.
 
         Example:
@@ -367,8 +437,38 @@ class InferenceBatchClient:
         if self._models is not None:
             self._models.check(encoded.models)
         job = new_job(encoded, metadata, idempotency_key)
-        job.shards = self._upload_shards(encoded, job.idempotency_key, 1, ledger)
+        plan = (
+            plan_sending(encoded, self.answer_store, max_age=self.answer_max_age, refresh=refresh)
+            if (self.incremental if incremental is None else incremental)
+            else None
+        )
+        send = plan.send if plan is not None else encoded
+        estimate = self.estimate(send)
+        job.estimate = dataclasses.asdict(estimate)
+        check_budget(estimate, self.max_cost_usd if max_cost_usd is None else max_cost_usd)
+        if plan is not None:
+            self._record_plan(job, plan)
+        job.shards = self._upload_shards(send, job.idempotency_key, 1, ledger) if send else []
         return job
+
+    def _record_plan(self, job: BatchJob, plan: SendPlan) -> None:
+        """Put an incremental plan on its job, manifest written, and say what it saves."""
+        store = self.answer_store
+        job.request_count = len(plan.send)
+        job.rows_reused = plan.reused
+        job.tokens_saved = plan.tokens_saved
+        job.manifest = manifest_url(store.url, store.namespace, job.idempotency_key)
+        write_manifest(job.manifest, plan.manifest)
+        if plan.reused:
+            self.log.info(
+                "%d of %d rows answered already (%d from the answer store, %d duplicates): "
+                "sending %d",
+                plan.reused,
+                plan.reused + len(plan.send),
+                plan.from_store,
+                plan.duplicates,
+                len(plan.send),
+            )
 
     def _upload_shards(
         self, encoded: EncodedRequests, job_key: str, attempt: int, ledger: Ledger | None
@@ -449,8 +549,13 @@ class InferenceBatchClient:
         webhook_url: str | None = None,
         output_expires_after: dict[str, Any] | None = None,
         ledger: Ledger | None = None,
+        incremental: bool | None = None,
+        refresh: bool = False,
+        max_cost_usd: float | None = None,
     ) -> BatchJob:
         """Validate, shard, upload and create: the one-call path, idempotent.
+
+        Incremental by default: see ``upload``.
 
         Should the provider refuse a create (a 4xx) after all, nothing is left behind:
         the batches this call created are cancelled and its uploads deleted.
@@ -464,9 +569,12 @@ class InferenceBatchClient:
             webhook_url: Where the provider should POST when a batch ends.
             output_expires_after: When the output file expires (see ``create``).
             ledger: The caller's record of uploads and batches.
+            incremental: Override the client's ``incremental``.
+            refresh: Send every distinct request, stored answers or not.
+            max_cost_usd: Override the client's ``max_cost_usd``.
 
         Returns:
-            The job, one batch per shard.
+            The job, one batch per shard (none when every row was answered already).
 
         Raises:
             InvalidBatchInput: Invalid lines or create options; nothing is uploaded.
@@ -489,6 +597,9 @@ class InferenceBatchClient:
             metadata=metadata,
             idempotency_key=idempotency_key,
             ledger=ledger,
+            incremental=incremental,
+            refresh=refresh,
+            max_cost_usd=max_cost_usd,
         )
         try:
             return self.create(
@@ -657,7 +768,10 @@ class InferenceBatchClient:
             >>> client.results(job)[["custom_id", "status"]].values.tolist()
             [['a', 'succeeded'], ['b', 'succeeded']]
         """
-        frame = job_results.job_results(self._provider, job, inputs, id_column=id_column)
+        store = self.answer_store if job.manifest else None
+        frame = job_results.job_results(
+            self._provider, job, inputs, id_column=id_column, answer_store=store
+        )
         if self.delete_files_after_results:
             self.delete_files(job)
         return frame

@@ -11,11 +11,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from .answer_store import AnswerStore
 from .batch_record import BatchJob
 from .downloads import download_inputs, download_result_files, input_records
 from .errors import BatchAPIError, BatchFailedError
+from .incremental import answers_for_unsent
+from .job_manifest import read_manifest
 from .provider_calls import ProviderCalls
 from .result_join import mark_unanswered
 from .results import collect_results
@@ -27,14 +31,20 @@ def job_results(
     inputs: pd.DataFrame | None = None,
     *,
     id_column: str = "custom_id",
+    answer_store: AnswerStore | None = None,
 ) -> pd.DataFrame:
     """One row per request of a final job (see ``InferenceBatchClient.results``).
+
+    An incremental job's rows not sent are answered from its batches (a duplicate) or
+    from ``answer_store``; its batches' new answers are stored. Column ``source`` says
+    which rows came from the store.
 
     Args:
         provider: The client's calls.
         job: A final job.
         inputs: The rows the requests were built from.
         id_column: The column of ``inputs`` holding the custom_ids.
+        answer_store: The store of an incremental job (one with a manifest).
 
     Returns:
         One row per request.
@@ -49,11 +59,23 @@ def job_results(
     with tempfile.TemporaryDirectory(prefix="dib-results-") as tmp:
         folder = Path(tmp)
         files = download_result_files(provider, job.shards, folder)
+        manifest = read_manifest(job.manifest) if job.manifest else None
+        from_store: list[str] = []
+        if manifest is not None and answer_store is not None:
+            reused, from_store = answers_for_unsent(manifest, files, answer_store, folder)
+            files = [*files, *reused]
         if inputs is not None:
             custom_ids = inputs[id_column].astype(str).tolist()
+        elif manifest is not None:
+            custom_ids = manifest.custom_ids
         else:
             custom_ids = _submitted_custom_ids(provider, job, folder)
         frame = collect_results(files, custom_ids, inputs, id_column=id_column)
+        frame.insert(
+            frame.columns.get_loc("status") + 1,
+            "source",
+            np.where(frame["custom_id"].isin(from_store), "store", "batch"),
+        )
         return _mark_unanswered(provider, job, frame, folder)
 
 

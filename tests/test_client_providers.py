@@ -18,7 +18,9 @@ CHAT_MODEL = "meta-llama/llama-3.1-8b-instruct/fp-8"
 
 
 def short_chats(n: int, model: str = "m"):
-    frame = pd.DataFrame({"custom_id": [f"c{i}" for i in range(n)], "prompt": ["hi"] * n})
+    frame = pd.DataFrame(
+        {"custom_id": [f"c{i}" for i in range(n)], "prompt": [f"hi {i}" for i in range(n)]}
+    )
     return build_requests(frame, model=model, prompt_column="prompt")
 
 
@@ -205,7 +207,7 @@ def test_client_runs_against_the_server_playing_its_provider(
 
 
 def test_embedding_input_cap_shards_embeddings(server):
-    bodies = [{"model": "qwen/qwen3-embedding-4b", "input": ["a", "b"]} for _ in range(3)]
+    bodies = [{"model": "qwen/qwen3-embedding-4b", "input": [f"a{i}", f"b{i}"]} for i in range(3)]
     lines = [{"custom_id": f"e{i}", "body": body} for i, body in enumerate(bodies)]
     with make_client(server, provider="openai", max_embedding_inputs_per_batch=3) as client:
         job = client.upload(lines, endpoint="/v1/embeddings")

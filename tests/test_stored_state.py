@@ -56,7 +56,14 @@ PREVIOUS: dict[str, Any] = {
     "submitted_at": 1767225600.5,
 }
 # Job fields added since, as a job read from PREVIOUS is written back: at their defaults.
-ADDED_SINCE: dict[str, Any] = {"sha256": None}
+ADDED_SINCE: dict[str, Any] = {
+    "sha256": None,
+    # incremental jobs (issue 11): a job of the previous version reused nothing
+    "rows_reused": 0,
+    "manifest": None,
+    "estimate": {},
+    "tokens_saved": {},
+}
 
 
 def previous() -> dict[str, Any]:

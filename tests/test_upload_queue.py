@@ -34,7 +34,12 @@ def queue(instance, run_id: str = "", partition: str | None = None) -> EventLogU
 
 
 def lines(prefix: str):
-    frame = pd.DataFrame({"custom_id": [f"{prefix}-{i}" for i in range(2)], "prompt": ["hi"] * 2})
+    frame = pd.DataFrame(
+        {
+            "custom_id": [f"{prefix}-{i}" for i in range(2)],
+            "prompt": [f"hi {prefix} {i}" for i in range(2)],
+        }
+    )
     return build_requests(frame, model="m", prompt_column="prompt")
 
 
