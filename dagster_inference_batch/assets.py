@@ -19,11 +19,12 @@ from typing import Any, TypeAlias
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from .cancel import build_cancel_job
 from .checks import build_results_checks
 from .content import ContentParser
-from .metadata import batch_metadata, input_file_metadata
+from .metadata import batch_metadata, incremental_metadata, input_file_metadata
 from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import CHAT_ENDPOINT
 from .results_asset import build_results_asset
@@ -128,6 +129,15 @@ class InferenceBatchDefinitions:
         )
 
 
+class InputFileConfig(dg.Config):
+    """Run options of ``<name>_input_file``."""
+
+    refresh: bool = Field(
+        default=False,
+        description="Send every row, even those with an answer in the answer store.",
+    )
+
+
 def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     """``<name>_input_file``: build, validate, shard and upload the upstream's rows.
 
@@ -147,7 +157,7 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
         **spec.asset_options(),
     )
     def input_file(
-        context: dg.AssetExecutionContext, upstream: pd.DataFrame
+        context: dg.AssetExecutionContext, config: InputFileConfig, upstream: pd.DataFrame
     ) -> dg.MaterializeResult:
         encoded = spec.requests.build(upstream)
         partition = partition_of(context)
@@ -158,10 +168,22 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
                 metadata={"dagster_asset": batch_name, "dagster_partition": partition or ""},
                 idempotency_key=f"{batch_name}|{partition or ''}|{encoded.sha256()[:16]}",
                 ledger=spec.ledger(context.instance, partition),
+                incremental=spec.limits.incremental,
+                refresh=config.refresh,
+                max_cost_usd=spec.limits.max_cost_usd,
             )
-        context.log.info(f"uploaded {len(encoded)} requests in {len(job.shards)} file(s)")
+        context.log.info(
+            f"uploaded {job.request_count} of {len(encoded)} requests in {len(job.shards)} "
+            f"file(s); {job.rows_reused} rows answered already"
+            if spec.limits.incremental
+            else f"uploaded {len(encoded)} requests in {len(job.shards)} file(s)"
+        )
         return dg.MaterializeResult(
-            metadata={**input_file_metadata(encoded, job), **resource.provider_metadata()}
+            metadata={
+                **input_file_metadata(encoded, job),
+                **incremental_metadata(job, resource.cost),
+                **resource.provider_metadata(),
+            }
         )
 
     return input_file
@@ -207,7 +229,11 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             superseded = (
                 cancel_superseded_batches(client, previous, job, context.log) if previous else None
             )
-        context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
+        context.log.info(
+            f"every row was answered already ({job.rows_reused} reused): no batch to create"
+            if job.answered_without_batches
+            else f"batches {', '.join(job.batch_ids)} are {job.status}"
+        )
         return dg.MaterializeResult(
             metadata={
                 **batch_metadata(job),
@@ -282,6 +308,8 @@ def build_inference_batch_assets(
     cancel_orphaned: bool = True,
     progress_step_percent: float = DEFAULT_PROGRESS_STEP_PERCENT,
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS,
+    incremental: bool = True,
+    max_cost_usd: float | None = None,
     group_name: str | None = None,
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
@@ -316,6 +344,12 @@ def build_inference_batch_assets(
         cancel_orphaned: Cancel the batches of a partition that no longer exists.
         progress_step_percent: Record progress when it moved this much ...
         progress_step_seconds: ... or this long after the last record.
+        incremental: Send only the rows whose request has no answer in the resource's
+            answer store, each distinct request once; ``<name>_results`` joins the
+            stored answers back (column ``source``). A run can set ``refresh`` in the
+            config of ``<name>_input_file`` to send every row.
+        max_cost_usd: Refuse, before anything is uploaded, a job whose worst-case cost
+            estimate is above it.
         group_name: The asset group of the pipeline's assets.
 
     Returns:
@@ -367,6 +401,8 @@ def build_inference_batch_assets(
             cancel_orphaned=cancel_orphaned,
             progress_step_percent=progress_step_percent,
             progress_step_seconds=progress_step_seconds,
+            incremental=incremental,
+            max_cost_usd=max_cost_usd,
         ),
         parse_content=parse_content,
         partitions_def=partitions_def,

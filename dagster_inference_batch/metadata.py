@@ -7,7 +7,7 @@ observations. Nothing here ever sees the API key: only jobs, request lines and r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -101,17 +101,18 @@ def input_file_metadata(encoded: EncodedRequests, job: BatchJob) -> dict[str, An
     """The ``<name>_input_file`` materialization's metadata.
 
     Args:
-        encoded: the request lines uploaded.
+        encoded: the request lines of every row (those uploaded, and any answered
+            from earlier answers).
         job: the job holding the uploaded files (no batches yet).
 
     Returns:
-        Request count, shards, bytes, sha256, endpoint, file ids, a preview of the
-        requests, and the job itself (``inference_batch/job``).
+        Requests and bytes uploaded, shards, sha256 of every row's line, endpoint, file
+        ids, a preview of the requests, and the job itself (``inference_batch/job``).
     """
     return InferenceBatchMetadataSet(
-        request_count=len(encoded),
+        request_count=job.request_count,
         shard_count=len(job.shards),
-        bytes=encoded.nbytes,
+        bytes=sum(s.bytes for s in job.shards),
         sha256=encoded.sha256(),
         endpoint=encoded.endpoint,
         file_ids=[s.file_id for s in job.shards],
@@ -120,17 +121,91 @@ def input_file_metadata(encoded: EncodedRequests, job: BatchJob) -> dict[str, An
     ).to_metadata()
 
 
+def incremental_metadata(job: BatchJob, cost: Callable[[dict[str, int]], float | None]) -> dict:
+    """What an incremental job reused and what its lines should cost (``<name>_input_file``).
+
+    Args:
+        job: The uploaded job.
+        cost: USD of a token usage at the resource's prices (None without).
+
+    Returns:
+        Rows reused and sent, tokens and cost saved, and the cost estimate.
+
+    Example:
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k",
+        ...     request_count=2, rows_reused=3, tokens_saved={"input_tokens": 9})
+        >>> incremental_metadata(job, lambda usage: None)["inference_batch/rows_reused"]
+        3
+    """
+    saved = cost(job.tokens_saved) if job.tokens_saved else None
+    estimate = job.estimate
+    return InferenceBatchMetadataSet(
+        rows_reused=job.rows_reused,
+        rows_sent=job.request_count,
+        tokens_saved=sum(job.tokens_saved.values()) if job.manifest else None,
+        cost_saved_usd=_rounded(saved),
+        estimated_input_tokens=estimate.get("input_tokens"),
+        estimated_cost_usd=_rounded(estimate.get("typical_usd")),
+        estimated_worst_cost_usd=_rounded(estimate.get("worst_usd")),
+        estimate_method=estimate.get("method"),
+    ).to_metadata()
+
+
+def reuse_metadata(
+    frame: pd.DataFrame, job: BatchJob, cost: Callable[[dict[str, int]], float | None]
+) -> dict[str, Any]:
+    """Rows answered from the store beside the job's estimate (``<name>_results``).
+
+    Args:
+        frame: The results, with their ``source`` column.
+        job: The job joined.
+        cost: USD of a token usage at the resource's prices (None without).
+
+    Returns:
+        Rows reused, tokens and cost saved, and the estimate made before upload, for
+        comparison with the actual cost (``inference_batch/cost_usd``).
+
+    Example:
+        >>> frame = pd.DataFrame({"source": ["store", "batch"], "prompt_tokens": [3, 4],
+        ...     "completion_tokens": [1, 2]})
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k",
+        ...     rows_reused=1, estimate={"typical_usd": 0.5})
+        >>> reuse_metadata(frame, job, lambda usage: None)["inference_batch/tokens_saved"]
+        4
+    """
+    stored = frame[frame["source"] == "store"]
+    saved = token_usage(stored)
+    saved_cost = cost(saved) if len(stored) else None
+    estimate = job.estimate
+    return InferenceBatchMetadataSet(
+        rows_reused=job.rows_reused,
+        tokens_saved=saved["total_tokens"],
+        cost_saved_usd=_rounded(saved_cost),
+        estimated_cost_usd=_rounded(estimate.get("typical_usd")),
+        estimated_worst_cost_usd=_rounded(estimate.get("worst_usd")),
+        estimated_input_tokens=estimate.get("input_tokens"),
+    ).to_metadata()
+
+
+def _rounded(amount: float | None) -> float | None:
+    return round(amount, 6) if isinstance(amount, int | float) else None
+
+
 def _progress(job: BatchJob) -> InferenceBatchMetadataSet:
     counts = job.request_counts()
     total = counts["total"]
     done = counts["completed"] + counts["failed"]
+    if total:
+        percent = round(100.0 * done / total, 1)
+    else:  # nothing sent yet, or nothing to send (answered without batches)
+        percent = 100.0 if job.answered_without_batches else 0.0
     return InferenceBatchMetadataSet(
         status=job.status,
         attempt=job.attempt,
         completed=counts["completed"],
         failed=counts["failed"],
         total=total,
-        percent=round(100.0 * done / total, 1) if total else 0.0,
+        percent=percent,
     )
 
 

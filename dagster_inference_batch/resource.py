@@ -113,10 +113,21 @@ class InferenceBatchResource(dg.ConfigurableResource):
         default=False, description="Delete input/output files once results are joined."
     )
     price_per_million_input_tokens: float | None = Field(
-        default=None, description="USD per million input tokens, for cost metadata."
+        default=None,
+        description="USD per million input tokens, for the cost estimate and cost metadata "
+        "(default: the provider's published batch price of the model, when known).",
     )
     price_per_million_output_tokens: float | None = Field(
-        default=None, description="USD per million output tokens, for cost metadata."
+        default=None, description="USD per million output tokens (with the input price)."
+    )
+    answer_store: str | None = Field(
+        default=None,
+        description="Where answers are kept for incremental runs: a path or an fsspec URL "
+        "(s3://..., gs://...) every run can reach. Default: INFERENCE_BATCH_ANSWER_STORE, "
+        "else DAGSTER_HOME/inference_batch/answers.",
+    )
+    answer_max_age: float | None = Field(
+        default=None, description="Ignore stored answers older than this many seconds."
     )
 
     def _api_key(self) -> str | None:
@@ -241,6 +252,10 @@ class InferenceBatchResource(dg.ConfigurableResource):
             concurrency=self.concurrency,
             final_state_wait_seconds=self.final_state_wait_seconds,
             delete_files_after_results=self.delete_files_after_results,
+            answer_store=self.answer_store,
+            answer_max_age=self.answer_max_age,
+            price_per_million_input_tokens=self.price_per_million_input_tokens,
+            price_per_million_output_tokens=self.price_per_million_output_tokens,
             logger=dg.get_dagster_logger(),
         )
 

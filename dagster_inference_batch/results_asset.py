@@ -22,7 +22,8 @@ from .batch_record import BatchJob
 from .client import InferenceBatchClient
 from .content import parse_content_columns
 from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
-from .metadata import results_metadata, token_usage
+from .job_manifest import read_manifest
+from .metadata import results_metadata, reuse_metadata, token_usage
 from .metadata_set import InferenceBatchMetadataSet
 from .row_changes import compare_lines
 from .spec import InferenceBatchSpec
@@ -64,7 +65,15 @@ def check_submitted_rows(
         f"the current rows, or materialize {upstream_name} back to the submitted rows."
     )
     try:
-        changes = compare_lines(client.submitted_lines(job), encoded.custom_ids, encoded.lines)
+        if job.manifest:  # incremental: not every row was uploaded; compare fingerprints
+            manifest = read_manifest(job.manifest)
+            changes = compare_lines(
+                zip(manifest.custom_ids, map(str.encode, manifest.fingerprints), strict=True),
+                encoded.custom_ids,
+                [f.encode() for f in encoded.fingerprints],
+            )
+        else:
+            changes = compare_lines(client.submitted_lines(job), encoded.custom_ids, encoded.lines)
     except BatchAPIError as exc:
         raise dg.Failure(
             description=f"{upstream_name} now builds other request lines than {where} "
@@ -177,11 +186,13 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             if job is None:
                 return
             frame = _joined_results(client, recorded, job, upstream, spec)
-        cost = resource.cost(token_usage(frame))
+        from_batches = frame[frame["source"] == "batch"]  # what this job paid for
+        cost = resource.cost(token_usage(from_batches))
         yield dg.Output(
             frame,
             metadata={
                 **results_metadata(frame, recorded, job, cost),
+                **reuse_metadata(frame, job, resource.cost),
                 **resource.provider_metadata(),
             },
         )

@@ -137,9 +137,13 @@ class PipelineLimits:
         cancel_orphaned: Cancel the batches of a partition that no longer exists.
         progress_step_percent: Record progress when it moved this much ...
         progress_step_seconds: ... or this long after the last record.
+        incremental: Send only rows whose request has no stored answer (each distinct
+            request once) and join the stored answers back.
+        max_cost_usd: Refuse, before upload, a job whose worst-case estimate is above it.
 
     Raises:
-        ValueError: ``max_attempts`` is below 1, or a progress step is negative.
+        ValueError: ``max_attempts`` is below 1, a progress step or ``max_cost_usd`` is
+            negative.
 
     Example:
         >>> PipelineLimits(max_attempts=3).max_attempts
@@ -159,10 +163,14 @@ class PipelineLimits:
     cancel_orphaned: bool = True
     progress_step_percent: float = DEFAULT_PROGRESS_STEP_PERCENT
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS
+    incremental: bool = True
+    max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.max_cost_usd is not None and self.max_cost_usd < 0:
+            raise ValueError(f"max_cost_usd must be >= 0, got {self.max_cost_usd}")
         if self.progress_step_percent < 0 or self.progress_step_seconds < 0:
             raise ValueError("progress_step_percent and progress_step_seconds must be >= 0")
 
@@ -283,7 +291,7 @@ class InferenceBatchSpec:
             context.instance,
             self.input_file_key,
             partition,
-            context.run_id,
+            context.run.run_id,
             stale_after=self.resource(context).max_upload_wait + UPLOAD_SECONDS_ALLOWED,
         )
 
