@@ -247,7 +247,11 @@ def estimate_cost(
         >>> est = estimate_cost(enc, Prices(1.0, 2.0, "resource settings"))
         >>> est.input_tokens, est.typical_output_tokens, est.worst_output_tokens, est.worst_usd
         (10, 100, 100, 0.00021)
+        >>> estimate_cost(enc.subset([]), None).method
+        'nothing to send'
     """
+    if not len(encoded):
+        return CostEstimate(0, 0, 0, 0, 0.0, 0.0, "nothing to send")
     endpoint = encoded.endpoint
     measure = _MEASURES.get(endpoint, _plain)
     writes = endpoint not in (EMBEDDINGS, MODERATIONS)
