@@ -166,7 +166,8 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             job = client.upload(
                 encoded,
                 metadata={"dagster_asset": batch_name, "dagster_partition": partition or ""},
-                idempotency_key=f"{batch_name}|{partition or ''}|{encoded.sha256()[:16]}",
+                idempotency_key=f"{batch_name}|{partition or ''}|{encoded.sha256()[:16]}"
+                + (f"|refresh:{context.run.run_id[:8]}" if config.refresh else ""),
                 ledger=spec.ledger(context.instance, partition),
                 incremental=spec.limits.incremental,
                 refresh=config.refresh,

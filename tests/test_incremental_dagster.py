@@ -178,3 +178,23 @@ def test_a_partition_answered_entirely_from_the_store_is_collected_by_the_sensor
     frame_ = harness.results_frame("p2")
     assert len(frame_) == 4 and (frame_["status"] == "succeeded").all()
     assert (frame_["source"] == "store").all()
+
+
+def test_refresh_in_the_run_config_sends_every_row_again(server, instance, tmp_path):
+    texts = {"a": "One", "b": "Two", "c": "One"}
+    run(server, instance, tmp_path, texts)
+    ROWS["frame"] = frame(texts)
+    defs = pipeline()
+    refreshed = dg.materialize(
+        [reviews, *defs.assets],
+        resources={
+            "inference_batch": InferenceBatchResource(
+                api_key=API_KEY, base_url=server.base_url, answer_store=str(tmp_path / "answers")
+            )
+        },
+        instance=instance,
+        run_config={"ops": {"inc_input_file": {"config": {"refresh": True}}}},
+    )
+    assert metadata(refreshed, "inc_input_file")["inference_batch/rows_sent"] == 2  # a, b
+    assert [b.request_counts.total for b in batches(server)] == [2, 2]  # asked again
+    assert (results(refreshed)["source"] == "batch").all()
