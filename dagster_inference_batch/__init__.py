@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .answer_store import AnswerStore
     from .assets import InferenceBatchDefinitions, build_inference_batch_assets
     from .client import InferenceBatchClient
+    from .components import InferenceBatchComponent
     from .cost_estimate import BudgetExceeded
     from .request_lines import EncodedRequests, build_requests
     from .resource import InferenceBatchResource
@@ -38,6 +39,7 @@ _LAZY_NAMES = {
     "InferenceBatchResource": ".resource",
     "BudgetExceeded": ".cost_estimate",
     "AnswerStore": ".answer_store",
+    "InferenceBatchComponent": ".components",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "BudgetExceeded",
     "EncodedRequests",
     "InferenceBatchClient",
+    "InferenceBatchComponent",
     "InferenceBatchDefinitions",
     "InferenceBatchResource",
     "InvalidBatchInput",
@@ -66,3 +69,9 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Every name, the lazy ones too: dg's registry (the entry point) finds
+    ``InferenceBatchComponent`` through ``dir()``."""
+    return sorted(set(globals()) | set(_LAZY_NAMES))

@@ -1,0 +1,383 @@
+"""``InferenceBatchComponent``: a batch pipeline declared in one ``defs.yaml``.
+
+The component resolves its YAML into the arguments of ``build_inference_batch_assets``
+and calls it, so its assets, checks, sensor and jobs are exactly the factory's. Prompts
+can be Jinja templates over each row (``{{ row.product }}``), rendered per row with
+``StrictUndefined``; ``response_format`` may be a JSON schema inline or a ``.json`` file
+beside the ``defs.yaml``; an inline ``resource`` is bound under ``resource_key``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import dagster as dg
+import jinja2
+from dagster.components.resolved.core_models import (
+    DailyPartitionsDefinitionModel,
+    HourlyPartitionsDefinitionModel,
+    StaticPartitionsDefinitionModel,
+    TimeWindowPartitionsDefinitionModel,
+    WeeklyPartitionsDefinitionModel,
+    resolve_partitions_def,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ...assets import InferenceBatchDefinitions, build_inference_batch_assets
+from ...request_lines import CHAT_ENDPOINT
+from ...resource import InferenceBatchResource
+from .scaffolder import InferenceBatchScaffolder
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+_ENV_TEMPLATE = re.compile(r"^\s*\{\{\s*env(?:\.(\w+)|\(\s*['\"](\w+)['\"]\s*\))\s*\}\}\s*$")
+_RESPONSE_FORMAT_TYPES = ("json_schema", "json_object", "text")
+_PROMPT_FIELDS = ("prompt_column", "prompt_template", "messages")
+_YAML_NAMES = {"llm_model": "model"}  # attribute -> YAML key, where they differ
+
+
+class MessageTemplates:
+    """Chat messages for one row: each content a Jinja template over ``row``.
+
+    A template naming a column the row lacks fails (``StrictUndefined``), so a typo is
+    an error on the input file, not an empty prompt.
+
+    Args:
+        messages: ``(role, content template)`` pairs, in order.
+
+    Raises:
+        jinja2.TemplateSyntaxError: A template does not parse.
+
+    Example:
+        >>> render = MessageTemplates([("system", "Be brief."), ("user", "Hi {{ row.name }}")])
+        >>> render({"name": "Ada"})
+        [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi Ada'}]
+    """
+
+    def __init__(self, messages: Sequence[tuple[str, str]]) -> None:
+        self.templates = [(role, _JINJA.from_string(content)) for role, content in messages]
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The row's messages, each content rendered with ``row`` in scope."""
+        return [{"role": r, "content": t.render(row=row)} for r, t in self.templates]
+
+
+def _template(context: dg.ResolutionContext, raw: str | None) -> str | None:
+    """The raw template, checked to parse; it is rendered per row, not at load."""
+    if raw is not None:
+        _JINJA.parse(raw)
+    return raw
+
+
+def _resolved(context: dg.ResolutionContext, value: Any) -> Any:
+    """The value, its templates already rendered (``inject_before_resolve``)."""
+    return value
+
+
+def _upstream_key(context: dg.ResolutionContext, raw: str) -> dg.AssetKey:
+    return dg.AssetKey.from_user_string(context.resolve_value(raw, as_type=str))
+
+
+def _secret(context: dg.ResolutionContext, raw: str | None) -> str | dg.EnvVar | None:
+    """``{{ env.NAME }}`` becomes ``dg.EnvVar("NAME")``, read when a run starts, so the
+    key never lands in the resource's config; any other value is resolved as usual."""
+    if raw is None:
+        return None
+    match = _ENV_TEMPLATE.match(raw)
+    if match:
+        return dg.EnvVar(match.group(1) or match.group(2))
+    return context.resolve_value(raw, as_type=str)
+
+
+class MessageModel(dg.Model):
+    """One chat message of ``messages``: a role and a Jinja template over ``row``."""
+
+    role: Literal["system", "user", "assistant", "developer"] = "user"
+    content: str
+
+
+class ResourceModel(dg.Resolvable, dg.Model):
+    """The inline ``InferenceBatchResource`` the component binds under ``resource_key``.
+
+    Example:
+        >>> ResourceModel(provider="openai").provider
+        'openai'
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
+
+    api_key: Annotated[
+        str | dg.EnvVar | None,
+        dg.Resolver(
+            _secret,
+            model_field_type=str | None,
+            inject_before_resolve=False,
+            description="The key; write '{{ env.INFERENCE_API_KEY }}' (read when a run "
+            "starts). Unset: the INFERENCE_API_KEY environment variable.",
+        ),
+    ] = None
+    base_url: str | None = Field(default=None, description="Batch API base URL.")
+    provider: str | None = Field(
+        default=None, description="Provider profile: inference.net (default), openai or compatible."
+    )
+    use_local_server: bool = Field(
+        default=False,
+        description="Development only: the package's local server (synthetic answers).",
+    )
+
+    def build(self) -> InferenceBatchResource:
+        """The resource these settings describe.
+
+        Example:
+            >>> ResourceModel(use_local_server=True).build().provider_label
+            'local (synthetic answers)'
+        """
+        settings = {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "provider": self.provider,
+            "use_local_server": self.use_local_server,
+        }
+        return InferenceBatchResource(**{k: v for k, v in settings.items() if v is not None})
+
+
+@dg.scaffold_with(InferenceBatchScaffolder)
+class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
+    """Runs an upstream DataFrame's rows through an LLM Batch API, declared in YAML.
+
+    It calls ``build_inference_batch_assets`` with its fields, so it defines the same
+    ``<name>_input_file``, ``<name>_batch`` and ``<name>_results`` assets, the results'
+    checks, ``<name>_sensor`` and the ``<name>_submit``/``_collect``/``_cancel`` jobs,
+    plus the inline ``resource`` when one is given. The prompt is exactly one of
+    ``prompt_column``, ``prompt_template`` and ``messages``.
+
+    Example:
+        >>> component = InferenceBatchComponent(
+        ...     name="insights", upstream=dg.AssetKey("reviews"), id_column="review_id",
+        ...     prompt_template="Review: {{ row.text }}", llm_model="m",
+        ...     resource=ResourceModel(use_local_server=True))
+        >>> pipeline = component.build_pipeline()
+        >>> [a.key.to_user_string() for a in pipeline.assets]
+        ['insights_input_file', 'insights_batch', 'insights_results']
+        >>> pipeline.spec.requests.messages({"text": "Great!"})
+        [{'role': 'user', 'content': 'Review: Great!'}]
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
+
+    name: str = Field(description="The pipeline's name, the prefix of its assets and jobs.")
+    upstream: Annotated[
+        dg.AssetKey,
+        dg.Resolver(
+            _upstream_key,
+            model_field_type=str,
+            description="Key of the asset holding a pandas DataFrame, e.g. 'raw/reviews'.",
+        ),
+    ]
+    id_column: str = Field(default="custom_id", description="Column of each row's custom_id.")
+    endpoint: str = Field(default=CHAT_ENDPOINT, description="The Batch API endpoint.")
+    # `model` in YAML; named otherwise here since Resolvable.model() is the YAML schema
+    llm_model: Annotated[
+        str | None,
+        dg.Resolver(
+            _resolved,
+            model_field_name="model",
+            model_field_type=str | None,
+            description="Model set in every request body.",
+        ),
+    ] = None
+    prompt_column: str | None = Field(default=None, description="Column of each row's prompt.")
+    prompt_template: Annotated[
+        str | None,
+        dg.Resolver(
+            _template,
+            model_field_type=str | None,
+            inject_before_resolve=False,
+            description="Jinja template of the user message over `row`, e.g. "
+            "'Product: {{ row.product }}'; rendered per row.",
+        ),
+    ] = None
+    messages: Annotated[
+        list[MessageModel] | None,
+        dg.Resolver.passthrough(
+            description="Chat messages, each {role, content} with content a Jinja "
+            "template over `row`; rendered per row."
+        ),
+    ] = None
+    system_prompt: str | None = Field(
+        default=None, description="System message put before each prompt."
+    )
+    body_params: dict[str, Any] | None = Field(
+        default=None, description="Further body fields for every request (max_tokens, ...)."
+    )
+    response_format: dict[str, Any] | str | None = Field(
+        default=None,
+        description="Structured output: a response_format object or a bare JSON schema, "
+        "inline or as a .json file path relative to this defs.yaml.",
+    )
+    parse_content: Literal["json"] | None = Field(
+        default=None, description="'json': each answer's JSON keys become result columns."
+    )
+    partitions_def: Annotated[
+        dg.PartitionsDefinition | None,
+        dg.Resolver(
+            resolve_partitions_def,
+            model_field_type=HourlyPartitionsDefinitionModel
+            | DailyPartitionsDefinitionModel
+            | WeeklyPartitionsDefinitionModel
+            | TimeWindowPartitionsDefinitionModel
+            | StaticPartitionsDefinitionModel
+            | None,
+            description="Partitions, as Dagster's components write them: "
+            "{type: daily, start_date: ...} or {type: static, partition_keys: [...]}.",
+        ),
+    ] = None
+    max_attempts: int = Field(default=2, ge=1, description="Attempts per request.")
+    max_failure_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Share of failed rows the check allows."
+    )
+    results_wait_seconds: float = Field(
+        default=30.0, ge=0, description="How long the results step waits for the batches."
+    )
+    sensor_interval_seconds: int = Field(
+        default=30, ge=1, description="Minimum seconds between sensor ticks."
+    )
+    group_name: str | None = Field(default=None, description="Asset group of the assets.")
+    max_cost_usd: float | None = Field(
+        default=None, ge=0, description="Refuse a job whose worst-case cost is above it."
+    )
+    incremental: bool = Field(default=True, description="Send only rows with no stored answer.")
+    resource_key: str = Field(
+        default="inference_batch", description="Key of the InferenceBatchResource."
+    )
+    resource: ResourceModel | None = Field(
+        default=None,
+        description="An inline InferenceBatchResource bound under resource_key; leave "
+        "unset to use one defined elsewhere.",
+    )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> InferenceBatchComponent:
+        given = [f for f in _PROMPT_FIELDS if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(_PROMPT_FIELDS)}"
+                + (f" (got {' and '.join(given)})" if given else "")
+            )
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages: give at least one message")
+        return self
+
+    @classmethod
+    def resolve_from_model(
+        cls, context: dg.ResolutionContext, model: BaseModel
+    ) -> InferenceBatchComponent:
+        """The component from its YAML; a value pydantic refuses is reported at its line
+        in the ``defs.yaml``, naming the field."""
+        try:
+            return super().resolve_from_model(context, model)
+        except ValidationError as error:
+            first = error.errors()[0]["loc"] if error.errors() else ()
+            field = _YAML_NAMES.get(str(first[0]), str(first[0])) if first else None
+            where = context.at_path(field) if field else context
+            raise where.build_resolve_fn_exc(
+                traceback.format_exception_only(error),
+                field_name=field or "attributes",
+                model=model,
+            ) from None
+
+    def build_pipeline(self, defs_dir: Path | None = None) -> InferenceBatchDefinitions:
+        """The factory's definitions for these settings.
+
+        Args:
+            defs_dir: The folder of the ``defs.yaml``; a ``response_format`` path is
+                relative to it (default: the working directory).
+
+        Returns:
+            What ``build_inference_batch_assets`` returns for the same arguments.
+
+        Raises:
+            ValueError: ``response_format`` both here and in ``body_params``, or a file
+                that is missing or not JSON.
+        """
+        return build_inference_batch_assets(
+            self.name,
+            upstream=self.upstream,
+            id_column=self.id_column,
+            endpoint=self.endpoint,
+            model=self.llm_model,
+            **self._prompt(),
+            body_params=self._body_params(defs_dir or Path.cwd()),
+            parse_content=json.loads if self.parse_content == "json" else None,
+            partitions_def=self.partitions_def,
+            resource_key=self.resource_key,
+            max_attempts=self.max_attempts,
+            max_failure_rate=self.max_failure_rate,
+            results_wait_seconds=self.results_wait_seconds,
+            sensor_interval_seconds=self.sensor_interval_seconds,
+            incremental=self.incremental,
+            max_cost_usd=self.max_cost_usd,
+            group_name=self.group_name,
+        )
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        """The pipeline's definitions, with the inline ``resource`` if there is one."""
+        try:
+            pipeline = self.build_pipeline(context.path)
+        except ValueError as error:
+            raise ValueError(f"{context.path / 'defs.yaml'}: {error}") from None
+        if self.resource is None:
+            return pipeline.defs
+        resources = dg.Definitions(resources={self.resource_key: self.resource.build()})
+        return dg.Definitions.merge(pipeline.defs, resources)
+
+    def _prompt(self) -> dict[str, Any]:
+        """The factory's prompt arguments: a column, or a messages callable."""
+        if self.prompt_column is not None:
+            return {"prompt_column": self.prompt_column, "system_prompt": self.system_prompt}
+        system = [("system", self.system_prompt)] if self.system_prompt is not None else []
+        if self.prompt_template is not None:
+            return {"messages": MessageTemplates([*system, ("user", self.prompt_template)])}
+        turns = [(m.role, m.content) for m in self.messages or []]
+        return {"messages": MessageTemplates([*system, *turns])}
+
+    def _body_params(self, defs_dir: Path) -> dict[str, Any] | None:
+        """``body_params`` with ``response_format`` merged in."""
+        params = dict(self.body_params or {})
+        if self.response_format is None:
+            return params or None
+        if "response_format" in params:
+            raise ValueError("give response_format once: as a field or in body_params, not both")
+        params["response_format"] = _response_format(self.response_format, self.name, defs_dir)
+        return params
+
+
+def _response_format(value: dict[str, Any] | str, name: str, defs_dir: Path) -> dict[str, Any]:
+    """A ``response_format`` object from an inline value or a ``.json`` file; a bare JSON
+    schema is wrapped as a strict ``json_schema`` format named after the pipeline.
+
+    Example:
+        >>> _response_format({"type": "object"}, "insights", Path("."))["json_schema"]["name"]
+        'insights'
+    """
+    if isinstance(value, str):
+        path = defs_dir / value
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"response_format: no file {path}") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"response_format: {path} is not JSON ({error})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"response_format: {path} holds no JSON object")
+    if value.get("type") in _RESPONSE_FORMAT_TYPES:
+        return value
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": value}}
