@@ -13,7 +13,7 @@
 The job travels between them through the event log (see ``state.py``).
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -150,11 +150,12 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     batch_name = spec.batch_key.to_user_string()
 
     @dg.asset(
-        name=spec.input_file_key.path[-1],
         ins={"upstream": dg.AssetIn(key=spec.upstream_key)},
-        description=f"Request lines built from {spec.upstream_key.to_user_string()}, "
-        "validated, sharded and uploaded to the Batch API (Files API, purpose 'batch').",
-        **spec.asset_options(),
+        **{
+            "description": f"Request lines built from {spec.upstream_key.to_user_string()}, "
+            "validated, sharded and uploaded to the Batch API (Files API, purpose 'batch').",
+            **spec.asset_options("input_file"),
+        },
     )
     def input_file(
         context: dg.AssetExecutionContext, config: InputFileConfig, upstream: pd.DataFrame
@@ -205,11 +206,12 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     input_file_key, batch_key = spec.input_file_key, spec.batch_key
 
     @dg.asset(
-        name=batch_key.path[-1],
         deps=[input_file_key],
-        description="Provider batches running the uploaded request lines; metadata holds "
-        "the BatchJob, observations plot progress.",
-        **spec.asset_options(),
+        **{
+            "description": "Provider batches running the uploaded request lines; metadata "
+            "holds the BatchJob, observations plot progress.",
+            **spec.asset_options("batch"),
+        },
     )
     def batch(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         partition = partition_of(context)
@@ -312,6 +314,10 @@ def build_inference_batch_assets(
     incremental: bool = True,
     max_cost_usd: float | None = None,
     group_name: str | None = None,
+    key_prefix: str | Sequence[str] | None = None,
+    owners: Sequence[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    asset_spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
 
@@ -352,13 +358,21 @@ def build_inference_batch_assets(
         max_cost_usd: Refuse, before anything is uploaded, a job whose worst-case cost
             estimate is above it.
         group_name: The asset group of the pipeline's assets.
+        key_prefix: Put before the three asset keys (a string or its parts); the jobs'
+            and the sensor's names take it too, joined by ``__``.
+        owners: Owners of the three assets (``"team:ml"``, an email).
+        tags: Tags of the three assets.
+        asset_spec_overrides: Per asset (``"input_file"``, ``"batch"``, ``"results"``),
+            more ``@dg.asset`` arguments: ``description``, ``owners``, ``tags``,
+            ``metadata``, ``group_name`` or ``code_version``.
 
     Returns:
         The pipeline's definitions; ``.defs`` merges them into a code location.
 
     Raises:
         ValueError: Not exactly one of ``prompt_column``, ``messages`` and
-            ``body_column``; ``max_attempts`` below 1; a negative progress step.
+            ``body_column``; ``max_attempts`` below 1; a negative progress step or
+            ``max_cost_usd``; an override of an unknown asset or argument.
 
     Example:
         >>> @dg.asset
@@ -409,5 +423,9 @@ def build_inference_batch_assets(
         partitions_def=partitions_def,
         resource_key=resource_key,
         group_name=group_name,
+        key_prefix=(key_prefix,) if isinstance(key_prefix, str) else tuple(key_prefix or ()),
+        owners=tuple(owners or ()),
+        tags=dict(tags or {}),
+        asset_spec_overrides=dict(asset_spec_overrides or {}),
     )
     return build_pipeline(spec)

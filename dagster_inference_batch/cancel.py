@@ -77,7 +77,7 @@ def build_cancel_job(spec: InferenceBatchSpec) -> dg.JobDefinition:
         'llm_cancel'
     """
 
-    @dg.op(name=f"{spec.name}_cancel_batches", required_resource_keys={spec.resource_key})
+    @dg.op(name=f"{spec.qualified_name}_cancel_batches", required_resource_keys={spec.resource_key})
     def cancel_batches(context: dg.OpExecutionContext) -> None:
         _cancel_batches(context, spec)
 

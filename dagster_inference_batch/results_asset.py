@@ -54,14 +54,15 @@ def check_submitted_rows(
     encoded = spec.requests.build(upstream)
     if job.sha256 is not None and encoded.sha256() == job.sha256:
         return
-    name, upstream_name = spec.name, spec.upstream_key.to_user_string()
+    upstream_name = spec.upstream_key.to_user_string()
     where = (
         f"the job recorded by {spec.batch_key.to_user_string()} (materialization "
         f"{recorded.storage_id}, job key {job.idempotency_key})"
     )
     advice = (
         f"The answers belong to the submitted rows, so they are not joined to the current "
-        f"ones: materialize {name}_submit ({name}_input_file and {name}_batch) again to send "
+        f"ones: materialize {spec.submit_job_name} ({spec.input_file_key.to_user_string()} and "
+        f"{spec.batch_key.to_user_string()}) again to send "
         f"the current rows, or materialize {upstream_name} back to the submitted rows."
     )
     try:
@@ -167,12 +168,13 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     """
 
     @dg.asset(
-        key=spec.results_key,
         ins={"upstream": dg.AssetIn(key=spec.upstream_key)},
         deps=[spec.batch_key],
         output_required=False,  # not materialized while the batches still run
-        description="One row per submitted row: the answer, its status and token counts.",
-        **spec.asset_options(),
+        **{
+            "description": "One row per submitted row: the answer, its status and token counts.",
+            **spec.asset_options("results"),
+        },
     )
     def results(context: dg.AssetExecutionContext, upstream: pd.DataFrame) -> Iterator[dg.Output]:
         recorded = latest_job(context.instance, spec.batch_key, partition_of(context))

@@ -175,11 +175,15 @@ class PipelineLimits:
             raise ValueError("progress_step_percent and progress_step_seconds must be >= 0")
 
 
+ASSET_ROLES = ("input_file", "batch", "results")
+OVERRIDABLE = frozenset({"description", "owners", "tags", "metadata", "group_name", "code_version"})
+
+
 @dataclass(frozen=True)
 class InferenceBatchSpec:
     """Everything that defines one pipeline: its name, keys, requests, partitions, limits.
 
-    The asset keys and job names derive from ``name``, here only.
+    The asset keys and job names derive from ``name`` (and ``key_prefix``), here only.
 
     Args:
         name: The pipeline's name, the prefix of its assets, jobs and sensor.
@@ -190,6 +194,17 @@ class InferenceBatchSpec:
         partitions_def: The partitions of the pipeline's assets and jobs, if any.
         resource_key: The key of the ``InferenceBatchResource`` the steps use.
         group_name: The asset group of the pipeline's assets.
+        key_prefix: Put before each asset key (``("team", "llm")`` gives
+            ``team/llm/<name>_batch``); the jobs and the sensor take it too, joined by
+            ``__``.
+        owners: Owners of the three assets (``"team:ml"``, an email).
+        tags: Tags of the three assets.
+        asset_spec_overrides: Per asset (``input_file``, ``batch`` or ``results``), more
+            ``@dg.asset`` arguments: ``description``, ``owners``, ``tags``, ``metadata``,
+            ``group_name``, ``code_version``.
+
+    Raises:
+        ValueError: An override of an unknown asset or argument.
 
     Example:
         >>> spec = InferenceBatchSpec(
@@ -197,6 +212,11 @@ class InferenceBatchSpec:
         ...     requests=RequestOptions(prompt_column="prompt", model="m"))
         >>> spec.batch_key.to_user_string(), spec.collect_job_name
         ('llm_batch', 'llm_collect')
+        >>> prefixed = InferenceBatchSpec(
+        ...     name="llm", upstream_key=dg.AssetKey("prompts"),
+        ...     requests=RequestOptions(prompt_column="prompt", model="m"), key_prefix=("ml",))
+        >>> prefixed.batch_key.to_user_string(), prefixed.collect_job_name
+        ('ml/llm_batch', 'ml__llm_collect')
     """
 
     name: str
@@ -207,59 +227,96 @@ class InferenceBatchSpec:
     partitions_def: dg.PartitionsDefinition | None = None
     resource_key: str = "inference_batch"
     group_name: str | None = None
+    key_prefix: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    asset_spec_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role, override in self.asset_spec_overrides.items():
+            if role not in ASSET_ROLES:
+                raise ValueError(
+                    f"asset_spec_overrides: unknown asset {role!r}; use one of {list(ASSET_ROLES)}"
+                )
+            unknown = sorted(set(override) - OVERRIDABLE)
+            if unknown:
+                raise ValueError(
+                    f"asset_spec_overrides[{role!r}]: cannot set {unknown}; "
+                    f"use {sorted(OVERRIDABLE)}"
+                )
+
+    def _key(self, suffix: str) -> dg.AssetKey:
+        return dg.AssetKey([*self.key_prefix, f"{self.name}_{suffix}"])
+
+    def _job_name(self, suffix: str) -> str:
+        return f"{self.qualified_name}_{suffix}"
+
+    @property
+    def qualified_name(self) -> str:
+        """``name`` after the ``key_prefix`` parts, joined by ``__``: unique in a code
+        location (op, job and sensor names, run tags)."""
+        return "__".join([*self.key_prefix, self.name])
 
     @property
     def input_file_key(self) -> dg.AssetKey:
         """``<name>_input_file``: the uploaded request lines."""
-        return dg.AssetKey(f"{self.name}_input_file")
+        return self._key("input_file")
 
     @property
     def batch_key(self) -> dg.AssetKey:
         """``<name>_batch``: the provider batches and the recorded ``BatchJob``."""
-        return dg.AssetKey(f"{self.name}_batch")
+        return self._key("batch")
 
     @property
     def results_key(self) -> dg.AssetKey:
         """``<name>_results``: one row per submitted row."""
-        return dg.AssetKey(f"{self.name}_results")
+        return self._key("results")
 
     @property
     def submit_job_name(self) -> str:
         """``<name>_submit``: materializes the input file and the batch."""
-        return f"{self.name}_submit"
+        return self._job_name("submit")
 
     @property
     def collect_job_name(self) -> str:
         """``<name>_collect``: materializes the results; the sensor requests it."""
-        return f"{self.name}_collect"
+        return self._job_name("collect")
 
     @property
     def cancel_job_name(self) -> str:
         """``<name>_cancel``: cancels a partition's batches in flight."""
-        return f"{self.name}_cancel"
+        return self._job_name("cancel")
 
     @property
     def sensor_name(self) -> str:
         """``<name>_sensor``: watches the batches."""
-        return f"{self.name}_sensor"
+        return self._job_name("sensor")
 
     @property
     def partitioned(self) -> bool:
         """Whether the pipeline's assets are partitioned."""
         return self.partitions_def is not None
 
-    def asset_options(self) -> dict[str, Any]:
-        """Keyword arguments every asset of the pipeline shares (``@dg.asset``'s).
+    def asset_options(self, role: str) -> dict[str, Any]:
+        """``@dg.asset`` keyword arguments of one of the pipeline's assets.
+
+        Args:
+            role: ``input_file``, ``batch`` or ``results``.
 
         Returns:
-            ``partitions_def``, ``group_name``, ``kinds`` and ``required_resource_keys``.
+            ``key``, ``partitions_def``, ``group_name``, ``kinds``, ``owners``, ``tags``
+            and ``required_resource_keys``, with the role's overrides applied.
         """
-        return dict(
-            partitions_def=self.partitions_def,
-            group_name=self.group_name,
-            kinds=KINDS,
-            required_resource_keys={self.resource_key},
-        )
+        return {
+            "key": self._key(role),
+            "partitions_def": self.partitions_def,
+            "group_name": self.group_name,
+            "kinds": KINDS,
+            "owners": list(self.owners) or None,
+            "tags": dict(self.tags) or None,
+            "required_resource_keys": {self.resource_key},
+            **self.asset_spec_overrides.get(role, {}),
+        }
 
     def resource(
         self, context: dg.AssetExecutionContext | dg.OpExecutionContext | dg.SensorEvaluationContext

@@ -43,7 +43,7 @@ def sensor_settings(spec: InferenceBatchSpec) -> SensorSettings:
         Its name, batch key, orphan policy and progress steps.
     """
     return SensorSettings(
-        name=spec.name,
+        name=spec.qualified_name,
         batch_key=spec.batch_key,
         cancel_orphaned=spec.limits.cancel_orphaned,
         progress_step_percent=spec.limits.progress_step_percent,
@@ -64,7 +64,7 @@ def evaluate_tick(
     Returns:
         The run requests, asset events, cursor and skip reason for Dagster.
     """
-    state = gather_tick(context, spec, load_cursor(context, spec.name))
+    state = gather_tick(context, spec, load_cursor(context, spec.qualified_name))
     plan = plan_tick(state, settings)
     for message in plan.warnings:
         context.log.warning(message)

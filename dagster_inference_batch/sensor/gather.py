@@ -236,7 +236,7 @@ def gather_tick(
     not_reached: list[str] = []
     if work.abandon or work.refresh:
         outcomes, not_reached = carry_out(spec, resource.get_client(), instance, jobs, work)
-    runs = look_up_runs(instance, runs_wanted(spec.name, jobs, work, outcomes))
+    runs = look_up_runs(instance, runs_wanted(spec.qualified_name, jobs, work, outcomes))
     return TickState(
         cursor=cursor,
         jobs=jobs,
