@@ -286,7 +286,11 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             return super().resolve_from_model(context, model)
         except ValidationError as error:
             first = error.errors()[0]["loc"] if error.errors() else ()
-            field = _YAML_NAMES.get(str(first[0]), str(first[0])) if first else None
+            if first:
+                field = _YAML_NAMES.get(str(first[0]), str(first[0]))
+            else:  # the prompt check: point at the last prompt option given
+                given = [f for f in _PROMPT_FIELDS if getattr(model, f, None) is not None]
+                field = given[-1] if given else None
             where = context.at_path(field) if field else context
             raise where.build_resolve_fn_exc(
                 traceback.format_exception_only(error),
