@@ -143,6 +143,28 @@ def test_templates_render_per_row_and_the_schema_file_becomes_the_response_forma
     }
 
 
+def test_messages_are_templates_over_the_row_and_a_missing_column_is_named():
+    attributes = {**ATTRIBUTES, "response_format": SCHEMA, "prompt_template": None}
+    attributes["messages"] = [
+        {"role": "user", "content": "I am {{ row.name }}."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Greet {{ row.city }}."},
+    ]
+    with load({k: v for k, v in attributes.items() if v is not None}) as (component, _, folder):
+        requests = component.build_pipeline(folder).spec.requests
+    frame = pd.DataFrame({"person_id": ["p1"], "name": ["Ada"], "city": ["London"]})
+    body = json.loads(requests.build(frame).lines[0])["body"]
+
+    assert [m["content"] for m in body["messages"]] == [
+        "Answer in JSON.",
+        "I am Ada.",
+        "Hello!",
+        "Greet London.",
+    ]
+    with pytest.raises(ValueError, match="has no attribute 'city' .*columns: person_id, name"):
+        requests.build(frame.drop(columns="city"))
+
+
 PEOPLE = """
 import dagster as dg
 import pandas as pd

@@ -56,14 +56,31 @@ class MessageTemplates:
         >>> render = MessageTemplates([("system", "Be brief."), ("user", "Hi {{ row.name }}")])
         >>> render({"name": "Ada"})
         [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi Ada'}]
+        >>> render({"nom": "Ada"})
+        Traceback (most recent call last):
+        ...
+        ValueError: the user message template: 'dict object' has no attribute 'name' (the row's columns: nom)
     """
 
     def __init__(self, messages: Sequence[tuple[str, str]]) -> None:
         self.templates = [(role, _JINJA.from_string(content)) for role, content in messages]
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        """The row's messages, each content rendered with ``row`` in scope."""
-        return [{"role": r, "content": t.render(row=row)} for r, t in self.templates]
+        """The row's messages, each content rendered with ``row`` in scope.
+
+        Raises:
+            ValueError: A template names something the row does not have.
+        """
+        messages = []
+        for role, template in self.templates:
+            try:
+                messages.append({"role": role, "content": template.render(row=row)})
+            except jinja2.UndefinedError as error:
+                columns = ", ".join(map(str, row))
+                raise ValueError(
+                    f"the {role} message template: {error.message} (the row's columns: {columns})"
+                ) from None
+        return messages
 
 
 def _template(context: dg.ResolutionContext, raw: str | None) -> str | None:
