@@ -207,6 +207,30 @@ def test_materializes_end_to_end_through_the_local_server(batch_server):
     assert checks == {"greetings_results_complete": True, "greetings_results_failure_rate": True}
 
 
+def test_the_example_project_runs_end_to_end_through_the_local_server(
+    project, batch_server, monkeypatch
+):
+    server = batch_server(api_key="test-key")
+    defs_yaml = project / "src" / "yaml_project" / "defs" / "review_insights" / "defs.yaml"
+    local = f"api_key: test-key\n    base_url: {server.base_url}"
+    defs_yaml.write_text(defs_yaml.read_text().replace("use_local_server: true", local))
+    monkeypatch.syspath_prepend(str(project / "src"))
+    try:
+        defs = dg.load_from_defs_folder(project_root=project)
+        with dg.instance_for_test() as instance:
+            result = defs.get_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    finally:
+        for module in [m for m in sys.modules if m.split(".")[0] == "yaml_project"]:
+            sys.modules.pop(module)
+    results = result.output_for_node("review_insights_results")
+
+    assert result.success
+    assert len(results) == len(result.output_for_node("reviews"))
+    assert set(results["status"]) == {"succeeded"}
+    assert set(results["sentiment"]) <= {"positive", "neutral", "negative"}
+    assert all(isinstance(topics, list) for topics in results["topics"])
+
+
 def test_an_env_template_api_key_is_read_when_a_run_starts_not_stored(monkeypatch):
     monkeypatch.setenv("MY_BATCH_KEY", "sk-not-for-config")
     attributes = {**ATTRIBUTES, "response_format": SCHEMA, "resource_key": "inference_batch"}
