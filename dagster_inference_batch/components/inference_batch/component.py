@@ -90,6 +90,11 @@ def _template(context: dg.ResolutionContext, raw: str | None) -> str | None:
     return raw
 
 
+def _doc(description: str) -> dg.Resolver:
+    """The default resolution, with a description for the YAML schema (``dg``)."""
+    return dg.Resolver.default(description=description)
+
+
 def _resolved(context: dg.ResolutionContext, value: Any) -> Any:
     """The value, its templates already rendered (``inject_before_resolve``)."""
     return value
@@ -139,14 +144,13 @@ class ResourceModel(dg.Resolvable, dg.Model):
             "starts). Unset: the INFERENCE_API_KEY environment variable.",
         ),
     ] = None
-    base_url: str | None = Field(default=None, description="Batch API base URL.")
-    provider: str | None = Field(
-        default=None, description="Provider profile: inference.net (default), openai or compatible."
-    )
-    use_local_server: bool = Field(
-        default=False,
-        description="Development only: the package's local server (synthetic answers).",
-    )
+    base_url: Annotated[str | None, _doc("Batch API base URL.")] = None
+    provider: Annotated[
+        str | None, _doc("Provider profile: inference.net (default), openai or compatible.")
+    ] = None
+    use_local_server: Annotated[
+        bool, _doc("Development only: the package's local server (synthetic answers).")
+    ] = False
 
     def build(self) -> InferenceBatchResource:
         """The resource these settings describe.
@@ -190,7 +194,7 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True
     )
 
-    name: str = Field(description="The pipeline's name, the prefix of its assets and jobs.")
+    name: Annotated[str, _doc("The pipeline's name, the prefix of its assets and jobs.")]
     upstream: Annotated[
         dg.AssetKey,
         dg.Resolver(
@@ -199,8 +203,8 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             description="Key of the asset holding a pandas DataFrame, e.g. 'raw/reviews'.",
         ),
     ]
-    id_column: str = Field(default="custom_id", description="Column of each row's custom_id.")
-    endpoint: str = Field(default=CHAT_ENDPOINT, description="The Batch API endpoint.")
+    id_column: Annotated[str, _doc("Column of each row's custom_id.")] = "custom_id"
+    endpoint: Annotated[str, _doc("The Batch API endpoint.")] = CHAT_ENDPOINT
     # `model` in YAML; named otherwise here since Resolvable.model() is the YAML schema
     llm_model: Annotated[
         str | None,
@@ -211,7 +215,7 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             description="Model set in every request body.",
         ),
     ] = None
-    prompt_column: str | None = Field(default=None, description="Column of each row's prompt.")
+    prompt_column: Annotated[str | None, _doc("Column of each row's prompt.")] = None
     prompt_template: Annotated[
         str | None,
         dg.Resolver(
@@ -229,20 +233,20 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             "template over `row`; rendered per row."
         ),
     ] = None
-    system_prompt: str | None = Field(
-        default=None, description="System message put before each prompt."
-    )
-    body_params: dict[str, Any] | None = Field(
-        default=None, description="Further body fields for every request (max_tokens, ...)."
-    )
-    response_format: dict[str, Any] | str | None = Field(
-        default=None,
-        description="Structured output: a response_format object or a bare JSON schema, "
-        "inline or as a .json file path relative to this defs.yaml.",
-    )
-    parse_content: Literal["json"] | None = Field(
-        default=None, description="'json': each answer's JSON keys become result columns."
-    )
+    system_prompt: Annotated[str | None, _doc("System message put before each prompt.")] = None
+    body_params: Annotated[
+        dict[str, Any] | None, _doc("Further body fields for every request (max_tokens, ...).")
+    ] = None
+    response_format: Annotated[
+        dict[str, Any] | str | None,
+        _doc(
+            "Structured output: a response_format object or a bare JSON schema, "
+            "inline or as a .json file path relative to this defs.yaml."
+        ),
+    ] = None
+    parse_content: Annotated[
+        Literal["json"] | None, _doc("'json': each answer's JSON keys become result columns.")
+    ] = None
     partitions_def: Annotated[
         dg.PartitionsDefinition | None,
         dg.Resolver(
@@ -257,29 +261,29 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             "{type: daily, start_date: ...} or {type: static, partition_keys: [...]}.",
         ),
     ] = None
-    max_attempts: int = Field(default=2, ge=1, description="Attempts per request.")
-    max_failure_rate: float = Field(
-        default=0.05, ge=0, le=1, description="Share of failed rows the check allows."
+    max_attempts: Annotated[int, _doc("Attempts per request.")] = Field(default=2, ge=1)
+    max_failure_rate: Annotated[float, _doc("Share of failed rows the check allows.")] = Field(
+        default=0.05, ge=0, le=1
     )
-    results_wait_seconds: float = Field(
-        default=30.0, ge=0, description="How long the results step waits for the batches."
+    results_wait_seconds: Annotated[
+        float, _doc("How long the results step waits for the batches.")
+    ] = Field(default=30.0, ge=0)
+    sensor_interval_seconds: Annotated[int, _doc("Minimum seconds between sensor ticks.")] = Field(
+        default=30, ge=1
     )
-    sensor_interval_seconds: int = Field(
-        default=30, ge=1, description="Minimum seconds between sensor ticks."
-    )
-    group_name: str | None = Field(default=None, description="Asset group of the assets.")
-    max_cost_usd: float | None = Field(
-        default=None, ge=0, description="Refuse a job whose worst-case cost is above it."
-    )
-    incremental: bool = Field(default=True, description="Send only rows with no stored answer.")
-    resource_key: str = Field(
-        default="inference_batch", description="Key of the InferenceBatchResource."
-    )
-    resource: ResourceModel | None = Field(
-        default=None,
-        description="An inline InferenceBatchResource bound under resource_key; leave "
-        "unset to use one defined elsewhere.",
-    )
+    group_name: Annotated[str | None, _doc("Asset group of the assets.")] = None
+    max_cost_usd: Annotated[
+        float | None, _doc("Refuse a job whose worst-case cost is above it.")
+    ] = Field(default=None, ge=0)
+    incremental: Annotated[bool, _doc("Send only rows with no stored answer.")] = True
+    resource_key: Annotated[str, _doc("Key of the InferenceBatchResource.")] = "inference_batch"
+    resource: Annotated[
+        ResourceModel | None,
+        _doc(
+            "An inline InferenceBatchResource bound under resource_key; leave "
+            "unset to use one defined elsewhere."
+        ),
+    ] = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> InferenceBatchComponent:
