@@ -48,7 +48,18 @@ def render_defs_yaml(type_name: str, name: str, params: InferenceBatchScaffoldPa
 
 
 class InferenceBatchScaffolder(dg.Scaffolder[InferenceBatchScaffoldParams]):
-    """Writes a commented ``defs.yaml`` named after the target folder."""
+    """Writes a commented ``defs.yaml`` named after the target folder.
+
+    Example:
+        >>> from pathlib import Path
+        >>> target = Path("defs") / "my_batch"
+        >>> InferenceBatchScaffolder().scaffold(dg.ScaffoldRequest(
+        ...     type_name="dagster_inference_batch.InferenceBatchComponent",
+        ...     target_path=target, scaffold_format="yaml", project_root=None,
+        ...     params=InferenceBatchScaffoldParams(upstream="raw/tickets")))
+        >>> "upstream: raw/tickets" in (target / "defs.yaml").read_text()
+        True
+    """
 
     @classmethod
     def get_scaffold_params(cls) -> type[InferenceBatchScaffoldParams]:
@@ -56,7 +67,11 @@ class InferenceBatchScaffolder(dg.Scaffolder[InferenceBatchScaffoldParams]):
         return InferenceBatchScaffoldParams
 
     def scaffold(self, request: dg.ScaffoldRequest[InferenceBatchScaffoldParams]) -> None:
-        """Write ``<target>/defs.yaml``; the folder's name is the pipeline's name."""
+        """Write ``<target>/defs.yaml``; the folder's name is the pipeline's name.
+        ``--format python`` gets Dagster's ``component.py`` stub instead."""
+        if request.scaffold_format != "yaml":
+            dg.scaffold_component(request)
+            return
         params = request.params or InferenceBatchScaffoldParams()
         name = request.target_path.name.replace("-", "_")
         request.target_path.mkdir(parents=True, exist_ok=True)
