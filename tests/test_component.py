@@ -52,6 +52,10 @@ ATTRIBUTES: dict[str, Any] = {
     "max_cost_usd": 2.5,
     "incremental": False,
     "resource_key": "llm_api",
+    "key_prefix": ["team", "llm"],
+    "owners": ["team:ml"],
+    "tags": {"domain": "people"},
+    "asset_spec_overrides": {"results": {"description": "Greetings, one per person."}},
 }
 
 
@@ -84,6 +88,9 @@ def describe(defs: dg.Definitions) -> dict[str, Any]:
         if node.is_materializable:
             assets[key.to_user_string()] = (
                 node.group_name,
+                node.owners,
+                node.tags,
+                node.description,
                 node.partitions_def.get_partition_keys() if node.partitions_def else None,
                 sorted(k.to_user_string() for k in node.parent_keys),
             )
@@ -116,12 +123,27 @@ def test_yaml_defines_the_factorys_pipeline():
         max_cost_usd=2.5,
         incremental=False,
         resource_key="llm_api",
+        key_prefix=["team", "llm"],
+        owners=["team:ml"],
+        tags={"domain": "people"},
+        asset_spec_overrides={"results": {"description": "Greetings, one per person."}},
     )
 
     assert isinstance(component, InferenceBatchComponent)
     assert describe(defs) == describe(factory.defs)
-    assert describe(defs)["jobs"] == {"greetings_submit", "greetings_collect", "greetings_cancel"}
-    assert describe(defs)["sensors"] == {"greetings_sensor": 45}
+    seen = describe(defs)
+    assert set(seen["assets"]) == {
+        "team/llm/greetings_input_file",
+        "team/llm/greetings_batch",
+        "team/llm/greetings_results",
+    }
+    group, owners, tags, description = seen["assets"]["team/llm/greetings_results"][:4]
+    assert (group, owners, tags["domain"]) == ("llm", ["team:ml"], "people")
+    assert description == "Greetings, one per person."
+    assert seen["jobs"] == {
+        f"team__llm__greetings_{job}" for job in ("submit", "collect", "cancel")
+    }
+    assert seen["sensors"] == {"team__llm__greetings_sensor": 45}
     assert pipeline.spec.limits == factory.spec.limits
     assert pipeline.spec.parse_content is json.loads
 
@@ -184,7 +206,8 @@ def test_materializes_end_to_end_through_the_local_server(batch_server):
     attributes = {
         key: value
         for key, value in ATTRIBUTES.items()
-        if key not in ("partitions_def", "resource_key", "max_cost_usd")
+        if key
+        not in ("partitions_def", "resource_key", "max_cost_usd", "key_prefix", "tags", "owners")
     }
     attributes["resource"] = {"api_key": "test-key", "base_url": server.base_url}
     with create_defs_folder_sandbox() as sandbox:
@@ -255,6 +278,7 @@ BAD_VALUES = [
     ({"body_params": {"response_format": {}}}, "response_format", "give response_format once"),
     ({"partitions_def": {"type": "monthly"}}, "attributes.partitions_def", "Input should be"),
     ({"modle": MODEL}, "modle", "Extra inputs are not permitted"),
+    ({"asset_spec_overrides": {"answers": {}}}, "asset_spec_overrides", "unknown asset"),
 ]
 
 

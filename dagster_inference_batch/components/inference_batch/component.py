@@ -272,6 +272,19 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         default=30, ge=1
     )
     group_name: Annotated[str | None, _doc("Asset group of the assets.")] = None
+    key_prefix: Annotated[
+        str | list[str] | None,
+        _doc("Put before the three asset keys; the jobs' and sensor's names take it too."),
+    ] = None
+    owners: Annotated[list[str] | None, _doc("Owners of the three assets ('team:ml').")] = None
+    tags: Annotated[dict[str, str] | None, _doc("Tags of the three assets.")] = None
+    asset_spec_overrides: Annotated[
+        dict[str, dict[str, Any]] | None,
+        _doc(
+            "Per asset (input_file, batch, results): description, owners, tags, metadata, "
+            "group_name or code_version."
+        ),
+    ] = None
     max_cost_usd: Annotated[
         float | None, _doc("Refuse a job whose worst-case cost is above it.")
     ] = Field(default=None, ge=0)
@@ -351,6 +364,10 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             incremental=self.incremental,
             max_cost_usd=self.max_cost_usd,
             group_name=self.group_name,
+            key_prefix=self.key_prefix,
+            owners=self.owners,
+            tags=self.tags,
+            asset_spec_overrides=self.asset_spec_overrides,
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
