@@ -75,7 +75,13 @@ def start_dagster_dev(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen
     return process, dev
 
 
-def terminate_group(process: subprocess.Popen, timeout: float = 30.0) -> bool:
+# dagster dev stops its daemon and code server in turn after SIGTERM; late in the full
+# suite (a 1.13.27 install, about 400 tests in) that took longer than 30 s twice, while
+# the test alone stopped well within it. A clean stop, not its speed, is what counts here.
+STOP_TIMEOUT_SECONDS = 90.0
+
+
+def terminate_group(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
     """SIGTERM the process group; SIGKILL what is left after `timeout`. True if it all
     ended on SIGTERM."""
     os.killpg(process.pid, signal.SIGTERM)
@@ -147,7 +153,9 @@ def test_dagster_dev_restarted_while_batches_run(tmp_path: Path) -> None:
             assert running, "the batches finished before dagster dev was stopped"
         finally:
             stopped_cleanly = terminate_group(process)
-        assert stopped_cleanly, "dagster dev did not stop within 30 s of SIGTERM"
+        assert stopped_cleanly, (
+            f"dagster dev did not stop within {STOP_TIMEOUT_SECONDS:.0f} s of SIGTERM"
+        )
 
         process, dev = start_dagster_dev(home, env)
         try:
