@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from .incremental import SendPlan, plan_sending
 from .job_manifest import manifest_url, write_manifest
 from .ledger import CREATED_IN_THIS_PROCESS, Ledger
 from .model_check import ModelCheck
-from .progress import FinalStateCheck, cancel_job, copy_job, refresh_job
+from .progress import FinalStateCheck, cancel_job, copy_job, listed_batches, refresh_job
 from .provider_calls import ProviderCalls
 from .provider_settings import (
     check_endpoint_offered,
@@ -629,7 +629,7 @@ class InferenceBatchClient:
 
     # ------------------------------------------------------------------ progress
 
-    def refresh(self, job: BatchJob) -> BatchJob:
+    def refresh(self, job: BatchJob, *, known: Mapping[str, Any] | None = None) -> BatchJob:
         """Fetch every unfinished shard's batch, concurrently.
 
         A final status is taken only when the batch's files agree with its counts (see
@@ -639,6 +639,8 @@ class InferenceBatchClient:
 
         Args:
             job: A job with batches.
+            known: Batch objects read already (``listed_batches``), by id; only the
+                others are retrieved.
 
         Returns:
             An updated copy of ``job``.
@@ -652,7 +654,32 @@ class InferenceBatchClient:
             >>> job.status in ("validating", "in_progress", "finalizing", "completed")
             True
         """
-        return refresh_job(self._provider, job, self._final_state, self.final_state_wait_seconds)
+        return refresh_job(
+            self._provider, job, self._final_state, self.final_state_wait_seconds, known
+        )
+
+    def listed_batches(self, jobs: Sequence[BatchJob], *, seconds: float) -> dict[str, Any]:
+        """The unfinished batches of many jobs, read from the batch listing (100 a call).
+
+        Only from ``progress.LISTING_MIN_BATCHES`` (20) unfinished batches on, and when the
+        provider offers a listing; it stops at the oldest of them, after twice as many
+        batches as asked for, or after ``seconds``. Hand the result to ``refresh(job,
+        known=...)``, which retrieves the batches not found.
+
+        Args:
+            jobs: The jobs about to be refreshed.
+            seconds: Time the listing may take.
+
+        Returns:
+            The provider's batch objects found, by id (empty below the threshold).
+
+        Example:
+            >>> lines = [{"custom_id": "a", "body": {"model": "m", "prompt": "listed"}}]
+            >>> jobs = [client.submit(lines, endpoint="/v1/completions")]
+            >>> client.listed_batches(jobs, seconds=10)  # one batch: cheaper to retrieve
+            {}
+        """
+        return listed_batches(self._provider, jobs, seconds)
 
     def wait(
         self, job: BatchJob, *, poll_interval: float = 10.0, timeout: float | None = None

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .batch_record import BatchJob, BatchShard
@@ -18,6 +19,8 @@ from .consistency import absent_files
 from .provider_calls import ProviderCalls
 
 _FINAL_TIME_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
+LISTING_MIN_BATCHES = 20
+"""From this many unfinished batches on, a tick reads them from the listing (100 a call)."""
 
 
 def copy_job(job: BatchJob) -> BatchJob:
@@ -100,8 +103,39 @@ class FinalStateCheck:
         )
 
 
+def listed_batches(
+    provider: ProviderCalls, jobs: Sequence[BatchJob], seconds: float
+) -> dict[str, Any]:
+    """The unfinished batches of ``jobs`` read from the provider's listing, 100 per call.
+
+    Only when they are ``LISTING_MIN_BATCHES`` or more and the provider offers a batch
+    listing: fewer are cheaper one retrieve each (and refresh as they always did).
+
+    Args:
+        provider: The client's calls.
+        jobs: The jobs about to be refreshed.
+        seconds: Time the listing may take.
+
+    Returns:
+        The batch objects found, by id; those missing are for ``refresh_job`` to retrieve.
+    """
+    live = [s for job in jobs for s in job.shards if s.batch_id and not s.is_final]
+    if len(live) < LISTING_MIN_BATCHES or not provider.has_batch_listing():
+        return {}
+    created = [s.created_at for s in live]
+    return provider.find_listed_batches(
+        {s.batch_id for s in live if s.batch_id},
+        created_since=None if None in created else min(c for c in created if c is not None),
+        deadline=time.monotonic() + seconds,
+    )
+
+
 def refresh_job(
-    provider: ProviderCalls, job: BatchJob, check: FinalStateCheck, wait_seconds: float
+    provider: ProviderCalls,
+    job: BatchJob,
+    check: FinalStateCheck,
+    wait_seconds: float,
+    known: Mapping[str, Any] | None = None,
 ) -> BatchJob:
     """A copy of ``job`` with every unfinished shard's batch fetched again, concurrently.
 
@@ -110,6 +144,8 @@ def refresh_job(
         job: The job.
         check: The client's memory of final batches whose files lag.
         wait_seconds: How long such a batch is held back (``final_state_wait_seconds``).
+        known: Batch objects read already (``listed_batches``), by id: used instead of
+            a retrieve.
 
     Returns:
         The updated copy.
@@ -118,10 +154,13 @@ def refresh_job(
         BatchAPIError: A batch could not be read.
     """
     job = copy_job(job)
+    known = known or {}
     live = [s for s in job.shards if s.batch_id and not s.is_final]
-    batches = provider.map(lambda s: provider.retrieve_batch(s.batch_id), live)
-    for shard, batch in zip(live, batches, strict=True):
-        apply_batch(shard, batch)
+    missing = [s for s in live if s.batch_id not in known]
+    fetched = provider.map(lambda s: provider.retrieve_batch(s.batch_id), missing)
+    batches = {**known, **{s.batch_id: b for s, b in zip(missing, fetched, strict=True)}}
+    for shard in live:
+        apply_batch(shard, batches[shard.batch_id])
         check.settle(shard, wait_seconds)
     return job
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -197,3 +197,40 @@ class ProviderCalls:
             if not page.data or not getattr(page, "has_more", False):
                 return
             after = page.data[-1].id
+
+    def find_listed_batches(
+        self, batch_ids: Collection[str], *, created_since: int | None, deadline: float
+    ) -> dict[str, Any]:
+        """The batches of ``batch_ids`` found in the provider's listing, 100 per call.
+
+        The listing runs newest first, so it stops at the first batch created before
+        ``created_since`` (none of ``batch_ids`` can come after it), once every id was
+        found, after reading twice as many batches as asked for plus a page (other
+        batches of the account must not make it dearer than the retrieves it replaces),
+        at ``deadline`` (``time.monotonic()``), or when the listing is not offered or
+        fails (logged). A listed batch that is not asked for is ignored; one not found
+        is left for the caller to retrieve.
+
+        Args:
+            batch_ids: The batches wanted.
+            created_since: The oldest ``created_at`` among them (unix seconds), if known.
+            deadline: When to stop reading pages.
+
+        Returns:
+            The provider's batch objects found, by id.
+        """
+        wanted, found = set(batch_ids), {}
+        budget = 2 * len(wanted) + 100
+        try:
+            for read, batch in enumerate(self.list_batches(limit=100), start=1):
+                if batch.id in wanted:
+                    found[batch.id] = batch
+                created = getattr(batch, "created_at", None)
+                too_old = created_since is not None and created is not None
+                if len(found) == len(wanted) or (too_old and created < created_since):
+                    break
+                if read >= budget or (read % 100 == 0 and time.monotonic() >= deadline):
+                    break
+        except BatchAPIError as error:
+            self.log.warning("%s: reading it one batch at a time instead", error)
+        return found

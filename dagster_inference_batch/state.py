@@ -28,6 +28,7 @@ from .batch_record import BatchJob, StoredStateError
 from .consistency import absent_files
 from .dagster_compat import latest_storage_id_by_partition
 from .metadata_set import InferenceBatchMetadataSet
+from .record_cache import RecordCache
 
 _JOB_KEY = InferenceBatchMetadataSet.key("job")  # read raw: a broken job is not skipped
 RESUBMITTABLE = frozenset({"expired", "cancelled"})
@@ -142,25 +143,6 @@ def _latest(
     return {None: records[0].storage_id}, {records[0].storage_id: records[0]}
 
 
-def _records(
-    instance: dg.DagsterInstance,
-    asset_key: dg.AssetKey,
-    storage_ids: list[int],
-    known: dict[int, dg.EventLogRecord],
-) -> list[dg.EventLogRecord]:
-    """The materialization records with ``storage_ids``: one batched fetch for those not
-    ``known`` already."""
-    wanted = [sid for sid in storage_ids if sid not in known]
-    fetched = (
-        instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=wanted), limit=len(wanted)
-        ).records
-        if wanted
-        else []
-    )
-    return [known[sid] for sid in storage_ids if sid in known] + list(fetched)
-
-
 def collected_storage_id(record: dg.EventLogRecord) -> int | None:
     """The ``<name>_batch`` materialization a ``<name>_results`` materialization joined.
 
@@ -190,8 +172,10 @@ def uncollected_jobs(
     (``inference_batch/collected_storage_id``) its latest ``<name>_batch``
     materialization; results written before that link existed count when they are
     newer than the batch. Only results newer than the batch are read (results older
-    than it cannot have joined it): the latest storage ids of both assets, then one
-    batched fetch of those results' records and one of the uncollected batches'.
+    than it cannot have joined it): the latest storage ids of both assets, then batched
+    fetches (1,000 ids a query) of those results' records and of the uncollected
+    batches', except those a ``RecordCache`` parsed on an earlier call in this process
+    (a stored materialization never changes).
 
     Args:
         instance: the Dagster instance whose event log holds the materializations.
@@ -215,12 +199,9 @@ def uncollected_jobs(
     """
     batches, known_batches = _latest(instance, batch_key, partitioned)
     results, known_results = _latest(instance, results_key, partitioned)
-    newer = [results[part] for part, sid in batches.items() if results.get(part, 0) > sid]
-    links = {
-        record.asset_materialization.partition: collected_storage_id(record)
-        for record in _records(instance, results_key, newer, known_results)
-        if record.asset_materialization is not None
-    }
+    newer = {results[p]: p for p, sid in batches.items() if results.get(p, 0) > sid}
+    found = _LINKS.read(instance, results_key, newer, known_results)
+    links = {newer[sid]: link for sid, link in found.items()}
 
     def collected(partition: str | None, storage_id: int) -> bool:
         if results.get(partition, 0) < storage_id:
@@ -228,17 +209,17 @@ def uncollected_jobs(
         linked = links.get(partition)
         return linked is None or linked == storage_id
 
-    storage_ids = [sid for part, sid in batches.items() if not collected(part, sid)]
-    if not storage_ids:
-        return [], []
-    records = _records(instance, batch_key, storage_ids, known_batches)
-    recorded = sorted(
-        (r for r in map(_recorded, records) if r is not None), key=lambda r: r.partition or ""
-    )
+    wanted = {sid: part for part, sid in batches.items() if not collected(part, sid)}
+    jobs = _JOBS.read(instance, batch_key, wanted, known_batches)
+    recorded = sorted((r for r in jobs.values() if r is not None), key=lambda r: r.partition or "")
     return (
         [r for r in recorded if isinstance(r, RecordedJob)],
         [r for r in recorded if isinstance(r, UnreadableJob)],
     )
+
+
+_JOBS: RecordCache[RecordedJob | UnreadableJob | None] = RecordCache(_recorded)
+_LINKS: RecordCache[int | None] = RecordCache(collected_storage_id)
 
 
 def next_action(job: BatchJob, *, max_attempts: int, cancel_requested: bool = False) -> Action:

@@ -17,7 +17,8 @@ A tick reads, works, then plans:
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -40,10 +41,15 @@ from .tick import (
 )
 
 _CANCELLING = ("cancelling", "cancelled")
+RUNS_PER_QUERY = 500  # results_for tags looked up in one runs query
 
 
 def advance(
-    client: InferenceBatchClient, recorded: RecordedJob, max_attempts: int, ledger: Ledger
+    client: InferenceBatchClient,
+    recorded: RecordedJob,
+    max_attempts: int,
+    ledger: Ledger,
+    known: Mapping[str, Any] | None = None,
 ) -> Refreshed:
     """Refresh a job, resubmitting its expired or cancelled remainder when that is next.
 
@@ -52,11 +58,12 @@ def advance(
         recorded: The job as recorded.
         max_attempts: The pipeline's limit on attempts.
         ledger: Where the resubmission records its uploads and batches.
+        known: Batch objects the tick read from the listing, by id.
 
     Returns:
         The refreshed job, its next action and its new attempt, if one was made.
     """
-    job = client.refresh(recorded.job)
+    job = client.refresh(recorded.job, known=known)
     action = next_action(job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested)
     if action != "resubmit":
         return Refreshed(recorded, job, action)
@@ -118,33 +125,58 @@ def partitions_gone(
     if partitions_def is None:
         return gone, unchecked
     with dg.partition_loading_context(dynamic_partitions_store=instance):
+        exists = _membership(partitions_def)
         for slot in slots:
             try:
-                if not partitions_def.has_partition_key(slot):
+                if not exists(slot):
                     gone.add(slot)
             except Exception as exc:
                 unchecked[slot] = f"{type(exc).__name__}: {exc}"
     return gone, unchecked
 
 
-def find_results_runs(instance: dg.DagsterInstance, tag: str) -> list[ResultsRun]:
-    """The runs made for one job state.
+def _membership(partitions_def: dg.PartitionsDefinition) -> Callable[[str], bool]:
+    """Whether a key exists: from one read of every key for static and dynamic partitions
+    (each check would scan the static list, or query the instance for dynamic ones),
+    else ``has_partition_key``; a read that fails makes every check raise it."""
+    if not isinstance(
+        partitions_def, dg.StaticPartitionsDefinition | dg.DynamicPartitionsDefinition
+    ):
+        return partitions_def.has_partition_key
+    try:
+        return set(partitions_def.get_partition_keys()).__contains__
+    except Exception as exc:
+        error = exc
+
+        def unknown(_: str) -> bool:
+            raise error
+
+        return unknown
+
+
+def find_results_runs(
+    instance: dg.DagsterInstance, tags: Sequence[str]
+) -> list[tuple[str, ResultsRun]]:
+    """The runs made for some job states, in one query.
 
     Args:
         instance: The Dagster instance.
-        tag: The ``inference_batch/results_for`` tag of the job state.
+        tags: The ``inference_batch/results_for`` tags of the job states.
 
     Returns:
-        Each run's id, status and times.
+        Each run's tag, with its id, status and times.
     """
-    records = instance.get_run_records(filters=dg.RunsFilter(tags={RESULTS_FOR_TAG: tag}))
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={RESULTS_FOR_TAG: list(tags)}))
     return [
-        ResultsRun(
-            run_id=r.dagster_run.run_id,
-            status=r.dagster_run.status,
-            created=r.create_timestamp.timestamp(),
-            started=r.start_time,
-            ended=r.end_time,
+        (
+            r.dagster_run.tags.get(RESULTS_FOR_TAG, ""),
+            ResultsRun(
+                run_id=r.dagster_run.run_id,
+                status=r.dagster_run.status,
+                created=r.create_timestamp.timestamp(),
+                started=r.start_time,
+                ended=r.end_time,
+            ),
         )
         for r in records
     ]
@@ -153,13 +185,19 @@ def find_results_runs(instance: dg.DagsterInstance, tag: str) -> list[ResultsRun
 def look_up_runs(
     instance: dg.DagsterInstance, wanted: Mapping[str, str]
 ) -> dict[str, list[ResultsRun] | BaseException]:
-    """The results runs of each slot in ``wanted``; a failed lookup fails only its slot."""
+    """The results runs of each slot in ``wanted``, ``RUNS_PER_QUERY`` tags a query; a
+    failed query fails only its slots."""
     runs: dict[str, list[ResultsRun] | BaseException] = {}
-    for slot, tag in wanted.items():
+    slots = list(wanted)
+    for start in range(0, len(slots), RUNS_PER_QUERY):
+        chunk = slots[start : start + RUNS_PER_QUERY]
         try:
-            runs[slot] = find_results_runs(instance, tag)
+            found = find_results_runs(instance, [wanted[slot] for slot in chunk])
         except Exception as exc:
-            runs[slot] = exc
+            runs.update(dict.fromkeys(chunk, exc))
+            continue
+        for slot in chunk:
+            runs[slot] = [run for tag, run in found if tag == wanted[slot]]
     return runs
 
 
@@ -187,6 +225,8 @@ def carry_out(
     """
     by_slot = {slot_of(r): r for r in jobs}
     items = [("abandon", s) for s in work.abandon] + [("refresh", s) for s in work.refresh]
+    budget = spec.limits.sensor_budget_seconds
+    started = time.monotonic()
 
     def one(item: tuple[str, str]) -> Refreshed | Abandoned:
         kind, slot = item
@@ -194,13 +234,15 @@ def carry_out(
         if kind == "abandon":
             return abandon(client, recorded)
         ledger = spec.ledger(instance, recorded.partition)
-        return advance(client, recorded, spec.limits.max_attempts, ledger)
+        return advance(client, recorded, spec.limits.max_attempts, ledger, known)
 
     try:
+        # many jobs: their batches from the listing, 100 a call, in half the budget
+        known = client.listed_batches([by_slot[s].job for s in work.refresh], seconds=budget / 2)
         done, not_reached = map_within_budget(
             one,
             items,
-            budget_seconds=spec.limits.sensor_budget_seconds,
+            budget_seconds=budget - (time.monotonic() - started),
             then=client.close,  # once the last refresh started has returned
         )
     except BaseException:
