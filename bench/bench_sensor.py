@@ -1,30 +1,31 @@
 """Benchmark: the sensor's tick with 1,000 and 10,000 in-flight batches, one per partition.
 
-Setup, per size N (timed and reported in the row's detail):
+Setup, per size N, built once and kept under ``CACHE`` (``prepare``; ``--prepare`` builds
+it alone), each run working on a fresh copy:
 
 - the local server (``LocalBatchServer``, ``--latency-ms 50``; batches stay ``validating``
   and ``cancelling`` for the whole run, so the bench decides when they change);
-- one input file and N batches created through the server's HTTP API with the openai SDK
-  (32 at a time);
-- a Dagster instance (``dg.instance_for_test``: a temp DAGSTER_HOME, SQLite) with N
-  dynamic partitions whose event log holds a realistic history written with public APIs
-  (``report_runless_asset_event``, and the pipeline's own ``EventLogLedger``): per
-  partition an earlier attempt (ledger records, its ``<name>_batch`` materialization, two
-  progress observations, the ``<name>_results`` materialization that collected it), then
-  the current job (ledger records, its ``<name>_batch`` materialization).
+- one input file and N batches over it, created through the server's HTTP API with the
+  openai SDK (32 at a time; 10,000 in about 2 minutes);
+- a Dagster instance (``dg.instance_for_test``: a temp DAGSTER_HOME, SQLite, on tmpfs when
+  there is one) with N dynamic partitions and a history written with public APIs
+  (``report_runless_asset_event`` and the pipeline's own ``EventLogLedger``; see
+  ``write_history``): each partition's earlier attempt and its current job, in flight.
 
 Then the pipeline's real sensor is evaluated tick after tick
-(``dg.build_sensor_context(instance=..., cursor=..., resources=...)``), each tick timed;
-its observations are written to the instance as the daemon would. Tick 1 must record every
-batch (``validating``). Then every batch is moved to ``cancelling`` in the server's store
-(one SQL update: the provider's progress, as the bench's clock), and the ticks go on until
-every partition has an observation saying ``cancelling``: that must take at most 3 ticks.
+(``dg.build_sensor_context(instance=..., cursor=..., resources=...)``), each tick timed
+(wall clock and this process's CPU time). Progress counts as seen when the tick's result
+holds the partition's progress observation (what the daemon then stores; the sensor never
+reads them back, so the bench does not store them). Tick 1 must see every batch
+(``validating``); then every batch moves to ``cancelling`` in the server's store (one SQL
+update: the provider's progress), and the ticks go on until every partition's change was
+observed, which must take at most 3 ticks.
 
 Baseline, same run: the N batches read by one ``client.batches.retrieve`` after another
-(openai SDK); at 10,000 the first 1,000 are timed and the total extrapolated (about 9
+(openai SDK); past 1,000 the first 1,000 are timed and the total extrapolated (about 9
 minutes otherwise), which the row says.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_sensor.py [--quick] [--sizes 1000 10000]
+    PYTHONPATH=. .venv/bin/python bench/bench_sensor.py [--quick] [--sizes N ...] [--prepare]
 """
 
 from __future__ import annotations
