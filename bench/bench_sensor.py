@@ -337,8 +337,8 @@ def to_row(run: SensorRun, *, bar_seconds: float, bar_rule: str) -> BenchRow:
 
 
 def run(quick: bool) -> list[BenchRow]:
-    """The sensor-at-scale rows: 1,000 and 10,000 partitions (100 and 300 when quick)."""
-    small, large = (100, 300) if quick else (1000, 10000)
+    """The sensor-at-scale rows: 1,000 and 10,000 partitions (40 and 120 when quick)."""
+    small, large = (40, 120) if quick else (1000, 10000)
     rows = []
     for n, bar_seconds, rule in (
         (small, 5.0, f"max tick <= 5 s, every batch seen within {MAX_TICKS_TO_SEE} ticks"),
@@ -357,12 +357,12 @@ def prepare_only(sizes: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 and 300 partitions")
+    parser.add_argument("--quick", action="store_true", help="40 and 120 partitions")
     parser.add_argument("--sizes", type=int, nargs="*", help="only these sizes (bar: 30 s)")
     parser.add_argument("--prepare", action="store_true", help="only build the fixtures")
     args = parser.parse_args()
     if args.prepare:
-        prepare_only(args.sizes or ([100, 300] if args.quick else [1000, 10000]))
+        prepare_only(args.sizes or ([40, 120] if args.quick else [1000, 10000]))
         return
     print(describe_machine())
     if args.sizes:
