@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -70,11 +71,10 @@ class Pipeline:
     def in_flight(self, partitions: list[str]) -> dict[str, str]:
         """A batch in flight per partition, recorded as the batch step records it."""
         self.instance.add_dynamic_partitions("items", partitions)
+        with ThreadPoolExecutor(8) as pool:
+            batches = list(pool.map(lambda _: self.create(), partitions))
         batch_ids = {}
-        for partition in partitions:
-            batch = self.sdk.batches.create(
-                input_file_id=self.file_id, endpoint=ENDPOINT, completion_window="24h"
-            )
+        for partition, batch in zip(partitions, batches, strict=True):
             shard = BatchShard(
                 index=0,
                 attempt=1,
@@ -95,6 +95,12 @@ class Pipeline:
             )
             batch_ids[partition] = batch.id
         return batch_ids
+
+    def create(self) -> Any:
+        """A batch over the pipeline's one input file."""
+        return self.sdk.batches.create(
+            input_file_id=self.file_id, endpoint=ENDPOINT, completion_window="24h"
+        )
 
     def tick(self) -> dict[str, str]:
         """One tick; the status each partition's progress observation reports."""
@@ -185,9 +191,7 @@ def test_a_listing_refresh_sees_every_batch_and_retrieves_the_ones_not_listed(
     n = LISTING_MIN_BATCHES + 5
     pipeline = Pipeline(server)
     batch_ids = pipeline.in_flight([f"p{i}" for i in range(n)])
-    unknown = pipeline.sdk.batches.create(
-        input_file_id=pipeline.file_id, endpoint=ENDPOINT, completion_window="24h"
-    )  # newest: listed first, no partition's
+    unknown = pipeline.create()  # the newest: listed first, and no partition's
     unlisted = batch_ids["p3"]  # a listing that lags: the client must retrieve it
     list_batches = ProviderCalls.list_batches
 
