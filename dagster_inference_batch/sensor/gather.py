@@ -196,8 +196,10 @@ def look_up_runs(
         except Exception as exc:
             runs.update(dict.fromkeys(chunk, exc))
             continue
-        for slot in chunk:
-            runs[slot] = [run for tag, run in found if tag == wanted[slot]]
+        by_tag: dict[str, list[ResultsRun]] = {}
+        for tag, run in found:
+            by_tag.setdefault(tag, []).append(run)
+        runs.update({slot: by_tag.get(wanted[slot], []) for slot in chunk})
     return runs
 
 
