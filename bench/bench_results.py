@@ -1,79 +1,83 @@
-"""Benchmark: joining a 1,000,000-line batch output file to its inputs.
+"""Benchmark: joining a batch's output and error files to its input rows.
 
-Ours (``collect_results``: orjson line parsing, classification, merge, join) against
-``pd.read_json(lines=True)`` + ``pd.json_normalize`` + ``merge``, in the same process
-on the same file (chat.completion bodies, shuffled order, 1% HTTP 500 lines). The two
-results must agree on a sample.
+Files from ``result_files.py``: a 1,000,000-line output file (chat.completion bodies,
+shuffled, 1% HTTP 500) and a 10,000-line error file (``batch_expired`` of an earlier
+attempt), joined to 1,000,000 input rows (``custom_id``, ``prompt``, ``n``). Three sides,
+each in its own process (wall time and peak RSS, ``common.measure_in_subprocess``):
 
-    PYTHONPATH=. .venv/bin/python bench/bench_results.py [--rows 1000000]
+- ours: ``collect_results(files, custom_ids, inputs)``;
+- the baseline: ``pd.read_json(lines=True)`` of both files, ``pd.json_normalize``, the
+  latest attempt per id, content and finish_reason from ``choices[0]``, ``inputs.merge``;
+- a raw parse: every line of both files parsed by the fastest JSON parser installed
+  (orjson, msgspec or json, picked on a sample), nothing kept.
+
+Ours and the baseline must agree on the status and on content and tokens at a sample of
+rows. Bars (issue 13): ours >= 8x faster than the baseline, <= 0.25x its peak RSS, and
+<= 2x the raw parse's time.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_results.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+import importlib
+import json
 import time
-from pathlib import Path
+from typing import Any
 
-import numpy as np
-import orjson
-import pandas as pd
-from machine import describe_machine
+from common import BenchRow, measure_in_subprocess
+from result_files import custom_ids, result_files
 
-from dagster_inference_batch.results import ResultFile, collect_results
-
-MODEL = "meta-llama/llama-3.1-8b-instruct/fp-8"
-WORDS = "the a batch model answer quick brown fox jumps over lazy dog data asset".split()
+FULL_ROWS, QUICK_ROWS = 1_000_000, 50_000
+SAMPLE = 997  # every SAMPLE-th row is compared between ours and the baseline
 
 
-def write_output_file(path: Path, ids: list[str], seed: int = 0) -> None:
-    """A realistic output file: one chat.completion per id, shuffled, 1% HTTP 500."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(ids))
-    lengths = rng.integers(5, 80, len(ids))
-    with open(path, "wb") as f:
-        for n, k in enumerate(order):
-            content = " ".join(WORDS[(k + j) % len(WORDS)] for j in range(lengths[k]))
-            if k % 100 == 7:
-                status, body = (
-                    500,
-                    {"error": {"message": "upstream failed", "type": "server_error"}},
-                )
-            else:
-                status = 200
-                body = {
-                    "id": f"chatcmpl-{k:08x}",
-                    "object": "chat.completion",
-                    "created": 1_730_000_000 + n,
-                    "model": MODEL,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content},
-                            "logprobs": None,
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": 20 + int(k % 50),
-                        "completion_tokens": int(lengths[k]),
-                        "total_tokens": 20 + int(k % 50) + int(lengths[k]),
-                    },
-                    "system_fingerprint": None,
-                }
-            line = {
-                "id": f"batch_req_{n:08x}",
-                "custom_id": ids[k],
-                "response": {"status_code": status, "request_id": f"req_{n:08x}", "body": body},
-                "error": None,
-            }
-            f.write(orjson.dumps(line) + b"\n")
+def _inputs(rows: int) -> Any:
+    import pandas as pd
+
+    ids = custom_ids(rows)
+    return pd.DataFrame({"custom_id": ids, "prompt": [f"question {i}" for i in ids], "n": 1})
 
 
-def baseline(path: Path, inputs: pd.DataFrame) -> pd.DataFrame:
-    raw = pd.read_json(path, lines=True)
-    flat = pd.json_normalize(raw.to_dict(orient="records"))
+def _digest(frame: Any, status: Any) -> dict[str, Any]:
+    """What the two joins must agree on: row count, status counts, sampled values."""
+    import pandas as pd
+
+    sample = frame.iloc[::SAMPLE]
+    return {
+        "rows": len(frame),
+        "status": {str(k): int(v) for k, v in status.value_counts().items()},
+        "content": [None if pd.isna(v) else str(v) for v in sample["content"]],
+        "completion_tokens": [None if pd.isna(v) else int(v) for v in sample["completion_tokens"]],
+    }
+
+
+def ours(rows: int) -> dict[str, Any]:
+    """The package's join, as ``InferenceBatchClient.results`` runs it."""
+    from dagster_inference_batch.results import ResultFile, collect_results
+
+    output, errors = result_files(rows)
+    inputs = _inputs(rows)
+    files = [ResultFile(errors, "error", "batch_1", 1), ResultFile(output, "output", "batch_2", 2)]
+    frame = collect_results(files, inputs["custom_id"].tolist(), inputs)
+    return _digest(frame, frame["status"])
+
+
+def baseline(rows: int) -> dict[str, Any]:
+    """read_json + json_normalize + merge, keeping each id's latest attempt."""
+    import pandas as pd
+
+    output, errors = result_files(rows)
+    inputs = _inputs(rows)
+    parts = []
+    for attempt, path in ((1, errors), (2, output)):
+        raw = pd.read_json(path, lines=True, dtype=False)
+        flat = pd.json_normalize(raw.to_dict(orient="records"))
+        flat["attempt"] = attempt
+        parts.append(flat)
+    flat = pd.concat(parts, ignore_index=True)
+    flat = flat.sort_values("attempt").drop_duplicates("custom_id", keep="last")
     choice = flat["response.body.choices"].str[0]
     flat["content"] = choice.str["message"].str["content"]
     flat["finish_reason"] = choice.str["finish_reason"]
@@ -85,47 +89,103 @@ def baseline(path: Path, inputs: pd.DataFrame) -> pd.DataFrame:
         }
     )
     columns = ["custom_id", "content", "finish_reason", "prompt_tokens", "completion_tokens"]
-    return inputs.merge(flat[[*columns, "status_code"]], on="custom_id", how="left")
+    frame = inputs.merge(flat[[*columns, "status_code"]], on="custom_id", how="left")
+    status = (frame["status_code"] < 400).map({True: "succeeded", False: "failed"})
+    return _digest(frame, status)
 
 
-def ours(path: Path, inputs: pd.DataFrame) -> pd.DataFrame:
-    files = [ResultFile(path, "output", "batch_1", 1)]
-    return collect_results(files, inputs["custom_id"].astype(str).tolist(), inputs)
+def _loads(parser: str) -> Any:
+    if parser == "msgspec":
+        return importlib.import_module("msgspec").json.decode
+    return importlib.import_module(parser).loads
 
 
-def timed(fn, *args) -> tuple[float, pd.DataFrame]:
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
+def raw_parse(rows: int, parser: str) -> int:
+    """Parse every line of both files with ``parser``; keep nothing. Returns the lines."""
+    loads, count = _loads(parser), 0
+    for path in result_files(rows):
+        with open(path, "rb") as f:
+            for line in f:
+                loads(line)
+                count += 1
+    return count
+
+
+def fastest_parser(rows: int) -> str:
+    """The fastest installed JSON parser on the first 20,000 lines of the output file."""
+    output, _ = result_files(rows)
+    with open(output, "rb") as f:
+        lines = [line for _, line in zip(range(20_000), f)]
+    timings = {}
+    for parser in ("orjson", "msgspec", "json"):
+        try:
+            loads = _loads(parser)
+        except ImportError:
+            continue
+        start = time.perf_counter()
+        for line in lines:
+            loads(line)
+        timings[parser] = time.perf_counter() - start
+    return min(timings, key=timings.get)
+
+
+def run(quick: bool) -> list[BenchRow]:
+    """The three join bars, on 1,000,000 lines (``quick``: 50,000)."""
+    rows = QUICK_ROWS if quick else FULL_ROWS
+    output, errors = result_files(rows)
+    megabytes = (output.stat().st_size + errors.stat().st_size) / 1e6
+    parser = fastest_parser(rows)
+    mine = measure_in_subprocess("bench_results:ours", rows)
+    base = measure_in_subprocess("bench_results:baseline", rows)
+    raw = measure_in_subprocess("bench_results:raw_parse", rows, parser)
+    if mine.value != base.value:
+        raise AssertionError(f"ours and the baseline disagree on {rows} rows")
+    size = f"{rows:,} + {rows // 100:,} lines, {megabytes:.0f} MB"
+    detail = {"rows": rows, "megabytes": round(megabytes, 1), "parser": parser}
+    speed = base.seconds / mine.seconds
+    memory = mine.peak_rss_mb / base.peak_rss_mb
+    versus_raw = mine.seconds / raw.seconds
+    return [
+        BenchRow(
+            f"join results: time ({size})",
+            f"{mine.seconds:.2f} s",
+            f"{base.seconds:.2f} s (read_json + json_normalize + merge)",
+            round(speed, 2),
+            "baseline / ours >= 8",
+            speed >= 8,
+            {**detail, "ours_s": mine.seconds, "baseline_s": base.seconds},
+        ),
+        BenchRow(
+            f"join results: peak RSS ({size})",
+            f"{mine.peak_rss_mb:.0f} MB",
+            f"{base.peak_rss_mb:.0f} MB (read_json + json_normalize + merge)",
+            round(memory, 3),
+            "ours / baseline <= 0.25",
+            memory <= 0.25,
+            {**detail, "ours_mb": mine.peak_rss_mb, "baseline_mb": base.peak_rss_mb},
+        ),
+        BenchRow(
+            f"join results vs raw {parser} parse ({size})",
+            f"{mine.seconds:.2f} s, {megabytes / mine.seconds:.0f} MB/s",
+            f"{raw.seconds:.2f} s, {megabytes / raw.seconds:.0f} MB/s (raw {parser}.loads per line)",
+            round(versus_raw, 2),
+            "ours / raw parse <= 2",
+            versus_raw <= 2,
+            {
+                **detail,
+                "ours_mb_per_s": megabytes / mine.seconds,
+                "raw_mb_per_s": megabytes / raw.seconds,
+            },
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    ids = [f"item-{i:07d}" for i in range(args.rows)]
-    inputs = pd.DataFrame(
-        {"custom_id": ids, "prompt": [f"question {i}" for i in range(args.rows)], "n": 1}
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "output.jsonl")
-        write_output_file(path, ids)
-        size = os.path.getsize(path)
-        mine, result = timed(ours, path, inputs)
-        base, expected = timed(baseline, path, inputs)
-    assert len(result) == len(expected) == args.rows
-    assert result["custom_id"].tolist() == expected["custom_id"].tolist()
-    sample = np.random.default_rng(1).choice(args.rows, 2000, replace=False)
-    ok = (expected["status_code"] < 400).to_numpy()
-    assert (result["status"].to_numpy() == np.where(ok, "succeeded", "failed")).all()
-    for column in ("content", "finish_reason", "prompt_tokens", "completion_tokens"):
-        for i in sample[ok[sample]]:
-            assert result[column].iloc[i] == expected[column].iloc[i], (column, i)
-    print(describe_machine())
-    print(f"lines: {args.rows:,}  file: {size / 1e6:.1f} MB")
-    print(f"baseline read_json + json_normalize + merge: {base:.2f} s")
-    print(f"collect_results (parse + merge + join):     {mine:.2f} s")
-    print(f"speed-up: {base / mine:.1f}x")
+    for row in run(args.quick):
+        print(json.dumps(row.to_json()))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -45,6 +46,7 @@ from .result_join import (
 )
 
 __all__ = [
+    "CHUNK_SCHEMA",
     "RESULT_COLUMNS",
     "RETRYABLE_ERROR_CODES",
     "RETRYABLE_STATUS_CODES",
@@ -55,6 +57,7 @@ __all__ = [
     "leftover_custom_ids",
     "mark_unanswered",
     "merge_attempts",
+    "parse_chunks",
     "parse_result_files",
 ]
 
@@ -81,7 +84,19 @@ _INT_COLUMNS = frozenset(
 )
 # What one line yields, in this order; ``embedding`` becomes a column only when present.
 _LINE_FIELDS = [*RESULT_COLUMNS[:10], "status_code", EMBEDDING_COLUMN]
-_BLOCK_BYTES = 16 << 20
+_BLOCK_BYTES = 8 << 20  # about 12,000 lines of chat answers: one chunk
+# The Arrow form of every parsed chunk: RESULT_COLUMNS with embedding after content.
+CHUNK_SCHEMA = pa.schema(
+    [
+        (name, pa.int64() if name in _INT_COLUMNS else pa.large_string())
+        for name in RESULT_COLUMNS[:3]
+    ]
+    + [(EMBEDDING_COLUMN, pa.large_list(pa.large_list(pa.float32())))]
+    + [
+        (name, pa.int64() if name in _INT_COLUMNS else pa.large_string())
+        for name in RESULT_COLUMNS[3:]
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,66 @@ def _answer(body: dict[str, Any]) -> tuple[Any, ...]:
             usage.get("completion_tokens"), usage.get("total_tokens"), None)  # fmt: skip
 
 
+class _Message(msgspec.Struct, gc=False):
+    content: Any = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    message: _Message | None = None
+    text: Any = None
+    finish_reason: Any = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class _Body(msgspec.Struct, gc=False):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    model: Any = None
+
+
+class _Response(msgspec.Struct, gc=False):
+    status_code: int | None = None
+    body: _Body | None = None
+
+
+class _Line(msgspec.Struct, gc=False):
+    """The parts of a result line a chat or completions success needs; the decoder skips
+    the rest without building it, and refuses a line of another shape."""
+
+    custom_id: Any
+    response: _Response | None = None
+    error: Any = None
+
+
+_SUCCESS = msgspec.json.Decoder(_Line)
+
+
+def _success_fields(line: _Line) -> tuple[Any, ...] | None:
+    """:func:`_fields` of a complete chat or completions success (None for any other
+    line, which then goes through :func:`_fields`)."""
+    response = line.response
+    if line.error is not None or response is None:
+        return None
+    status_code, body = response.status_code, response.body
+    if status_code is None or status_code >= 400 or body is None or not body.choices:
+        return None
+    choice = body.choices[0]
+    message = choice.message
+    content = choice.text if message is None else message.content
+    usage = body.usage or _NO_USAGE
+    return (line.custom_id, "succeeded", content, choice.finish_reason, body.model, None, None,
+            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, status_code,
+            None)  # fmt: skip
+
+
+_NO_USAGE = _Usage()
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: parsing allocates millions of acyclic objects, and the
@@ -187,7 +262,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _blocks(path: Path) -> Iterator[list[bytes]]:
-    """The file's lines, a large block at a time (the last line may lack its newline)."""
+    """The file's lines, a block at a time (the last line may lack its newline)."""
     with open(path, "rb") as f:
         rest = b""
         while block := f.read(_BLOCK_BYTES):
@@ -199,15 +274,34 @@ def _blocks(path: Path) -> Iterator[list[bytes]]:
             yield [rest]
 
 
-def _parse_file(path: Path) -> list[tuple[Any, ...]]:
+def _parse_lines(lines: list[bytes]) -> list[tuple[Any, ...]]:
+    """The non-blank lines of a block as ``_LINE_FIELDS`` tuples: the usual complete
+    success through ``_SUCCESS`` (typed, the other fields skipped), any other line
+    through orjson and :func:`_fields`."""
     rows: list[tuple[Any, ...]] = []
-    loads = orjson.loads
+    append, decode, loads = rows.append, _SUCCESS.decode, orjson.loads
+    for line in lines:
+        if not line or line.isspace():
+            continue
+        try:
+            fast = _success_fields(decode(line))
+        except msgspec.MsgspecError:
+            fast = None
+        append(fast or _fields(loads(line)))
+    return rows
+
+
+def _parse_file(file: ResultFile) -> Iterator[pa.Table]:
+    """One file's lines, a block at a time, as ``_chunk`` tables."""
+    path, parsed = Path(file.path), 0
     for lines in _blocks(path):
         try:
-            rows.extend([_fields(loads(line)) for line in lines if line and not line.isspace()])
+            rows = _parse_lines(lines)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            _raise_bad_line(path, len(rows), lines, exc)
-    return rows
+            _raise_bad_line(path, parsed, lines, exc)
+        parsed += len(rows)
+        if rows:
+            yield _chunk(rows, file.batch_id, file.attempt)
 
 
 def _raise_bad_line(path: Path, parsed: int, lines: list[bytes], exc: Exception) -> None:
@@ -226,7 +320,7 @@ def _raise_bad_line(path: Path, parsed: int, lines: list[bytes], exc: Exception)
     raise exc
 
 
-def _text_array(values: list[Any]) -> pa.Array:
+def _text_array(values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(values, pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. content as a list of parts: keep JSON
@@ -236,34 +330,73 @@ def _text_array(values: list[Any]) -> pa.Array:
         )
 
 
-def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
-    """Every line of every file, in file order, as an Arrow table of ``RESULT_COLUMNS``."""
-    rows: list[tuple[Any, ...]] = []
-    batch_ids: list[str] = []
-    attempts: list[int] = []
+def _chunk(rows: list[tuple[Any, ...]], batch_id: str, attempt: int) -> pa.Table:
+    """Parsed rows of one file as an Arrow table of ``CHUNK_SCHEMA``."""
+    columns = dict(zip(_LINE_FIELDS, zip(*rows, strict=True), strict=True))
+    ids = columns["custom_id"]
+    if not all(type(c) is str for c in ids):
+        columns["custom_id"] = [str(c) for c in ids]
+    count = len(rows)
+    columns["batch_id"] = pa.repeat(pa.scalar(batch_id, pa.large_string()), count)
+    columns["attempt"] = pa.repeat(pa.scalar(attempt, pa.int64()), count)
+    vectors = columns[EMBEDDING_COLUMN]
+    columns[EMBEDDING_COLUMN] = (
+        embedding_array(vectors)
+        if any(map(operator.is_not, vectors, itertools.repeat(None)))
+        else pa.nulls(count, CHUNK_SCHEMA.field(EMBEDDING_COLUMN).type)
+    )
+    arrays = [
+        columns[field.name]
+        if isinstance(columns[field.name], pa.Array)
+        else pa.array(columns[field.name], pa.int64())
+        if field.name in _INT_COLUMNS
+        else _text_array(columns[field.name])
+        for field in CHUNK_SCHEMA
+    ]
+    return pa.Table.from_arrays(arrays, schema=CHUNK_SCHEMA)
+
+
+def parse_chunks(files: Sequence[ResultFile]) -> Iterator[pa.Table]:
+    """Every line of every file, in file order, as Arrow tables of a few thousand rows.
+
+    Each table has ``CHUNK_SCHEMA``: ``RESULT_COLUMNS`` with ``embedding`` after
+    ``content`` (null where a line has no vectors). Only one block of a file is held as
+    Python objects at a time, so memory follows the Arrow columns, not the file.
+
+    Args:
+        files: The downloaded files, read in this order.
+
+    Yields:
+        One table per block of lines (blank lines skipped).
+
+    Raises:
+        ValueError: A line is not a batch result (naming the file and line number).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "errors.jsonl"
+        >>> _ = path.write_bytes(b'{"custom_id":"a","response":null,'
+        ...     b'"error":{"code":"batch_cancelled","message":"no"}}\\n')
+        >>> [t["status"].to_pylist() for t in parse_chunks([ResultFile(path, "error", "b", 1)])]
+        [['cancelled']]
+    """
     with _gc_paused():
         for file in files:
-            parsed = _parse_file(Path(file.path))
-            rows.extend(parsed)
-            batch_ids.extend([file.batch_id] * len(parsed))
-            attempts.extend([file.attempt] * len(parsed))
-        values = zip(*rows, strict=True) if rows else [()] * len(_LINE_FIELDS)
-        columns = dict(zip(_LINE_FIELDS, map(list, values), strict=True))
-        del rows, values
-    columns["custom_id"] = [str(c) for c in columns["custom_id"]]
-    columns["batch_id"] = batch_ids
-    columns["attempt"] = attempts
-    arrays = {
-        name: pa.array(columns[name], pa.int64())
-        if name in _INT_COLUMNS
-        else _text_array(columns[name])
-        for name in RESULT_COLUMNS
-    }
-    vectors = columns[EMBEDDING_COLUMN]
-    if any(map(operator.is_not, vectors, itertools.repeat(None))):  # embeddings: after content
-        arrays = {**dict(list(arrays.items())[:3]), EMBEDDING_COLUMN: embedding_array(vectors),
-                  **dict(list(arrays.items())[3:])}  # fmt: skip
-    return pa.table(arrays)
+            yield from _parse_file(file)
+
+
+def without_unused_embeddings(table: pa.Table) -> pa.Table:
+    """``table`` without its ``embedding`` column when no row has vectors."""
+    column = table[EMBEDDING_COLUMN]
+    if column.null_count < len(column):
+        return table
+    return table.remove_column(table.schema.get_field_index(EMBEDDING_COLUMN))
+
+
+def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
+    """Every line of every file, in file order, as one Arrow table of ``RESULT_COLUMNS``."""
+    table = pa.concat_tables([CHUNK_SCHEMA.empty_table(), *parse_chunks(files)])
+    return without_unused_embeddings(table.combine_chunks())
 
 
 def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
