@@ -227,24 +227,6 @@ class _Line(msgspec.Struct, gc=False):
 _SUCCESS = msgspec.json.Decoder(_Line)
 
 
-def _success_fields(line: _Line) -> tuple[Any, ...] | None:
-    """:func:`_fields` of a complete chat or completions success (None for any other
-    line, which then goes through :func:`_fields`)."""
-    response = line.response
-    if line.error is not None or response is None:
-        return None
-    status_code, body = response.status_code, response.body
-    if status_code is None or status_code >= 400 or body is None or not body.choices:
-        return None
-    choice = body.choices[0]
-    message = choice.message
-    content = choice.text if message is None else message.content
-    usage = body.usage or _NO_USAGE
-    return (line.custom_id, "succeeded", content, choice.finish_reason, body.model, None, None,
-            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, status_code,
-            None)  # fmt: skip
-
-
 _NO_USAGE = _Usage()
 
 
@@ -275,19 +257,34 @@ def _blocks(path: Path) -> Iterator[list[bytes]]:
 
 
 def _parse_lines(lines: list[bytes]) -> list[tuple[Any, ...]]:
-    """The non-blank lines of a block as ``_LINE_FIELDS`` tuples: the usual complete
-    success through ``_SUCCESS`` (typed, the other fields skipped), any other line
-    through orjson and :func:`_fields`."""
+    """The non-blank lines of a block as ``_LINE_FIELDS`` tuples.
+
+    The usual line, a complete chat or completions success, is decoded by ``_SUCCESS``
+    (typed, every other field skipped) and read inline, the same fields as
+    :func:`_fields`; any other line goes through orjson and :func:`_fields`.
+    """
     rows: list[tuple[Any, ...]] = []
-    append, decode, loads = rows.append, _SUCCESS.decode, orjson.loads
+    append, decode, error = rows.append, _SUCCESS.decode, msgspec.MsgspecError
     for line in lines:
-        if not line or line.isspace():
-            continue
         try:
-            fast = _success_fields(decode(line))
-        except msgspec.MsgspecError:
-            fast = None
-        append(fast or _fields(loads(line)))
+            record = decode(line)
+            response = record.response
+            if record.error is None and response is not None:
+                status_code, body = response.status_code, response.body
+                if status_code is not None and status_code < 400 and body is not None and body.choices:
+                    choice = body.choices[0]
+                    message = choice.message
+                    usage = body.usage or _NO_USAGE
+                    append((record.custom_id, "succeeded",
+                            choice.text if message is None else message.content,
+                            choice.finish_reason, body.model, None, None, usage.prompt_tokens,
+                            usage.completion_tokens, usage.total_tokens, status_code,
+                            None))  # fmt: skip
+                    continue
+        except error:
+            if not line or line.isspace():
+                continue
+        append(_fields(orjson.loads(line)))
     return rows
 
 
