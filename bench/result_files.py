@@ -71,8 +71,18 @@ def _write(rows: int, output: Path, errors: Path) -> None:
                 prompt, completion = 20 + k % 50, lengths[k] // 5
                 content = text[starts[k] : starts[k] + lengths[k]]
                 chunk.append(
-                    _OK % (n, custom_id, n, k, 1_730_000_000 + n, content,
-                           prompt, completion, prompt + completion)  # fmt: skip
+                    _OK
+                    % (
+                        n,
+                        custom_id,
+                        n,
+                        k,
+                        1_730_000_000 + n,
+                        content,
+                        prompt,
+                        completion,
+                        prompt + completion,
+                    )  # fmt: skip
                 )
             if len(chunk) == 10_000:
                 f.write(b"".join(chunk))

@@ -318,6 +318,8 @@ def build_inference_batch_assets(
     owners: Sequence[str] | None = None,
     tags: Mapping[str, str] | None = None,
     asset_spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    results_format: str = "dataframe",
+    results_location: str | None = None,
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
 
@@ -365,6 +367,12 @@ def build_inference_batch_assets(
         asset_spec_overrides: Per asset (``"input_file"``, ``"batch"``, ``"results"``),
             more ``@dg.asset`` arguments: ``description``, ``owners``, ``tags``,
             ``metadata``, ``group_name`` or ``code_version``.
+        results_format: ``"dataframe"``: ``<name>_results`` is one pandas DataFrame;
+            ``"parquet_dataset"``: the join streams into a Parquet dataset (for results
+            beyond memory) and the asset's value is a ``ResultsDataset`` handle.
+        results_location: Where ``parquet_dataset`` results go: a local path or an
+            fsspec URL such as ``s3://bucket/prefix`` (default: the Dagster instance's
+            storage directory).
 
     Returns:
         The pipeline's definitions; ``.defs`` merges them into a code location.
@@ -372,7 +380,8 @@ def build_inference_batch_assets(
     Raises:
         ValueError: Not exactly one of ``prompt_column``, ``messages`` and
             ``body_column``; ``max_attempts`` below 1; a negative progress step or
-            ``max_cost_usd``; an override of an unknown asset or argument.
+            ``max_cost_usd``; an override of an unknown asset or argument; an unknown
+            ``results_format``, or ``parquet_dataset`` with ``parse_content``.
 
     Example:
         >>> @dg.asset
@@ -427,5 +436,7 @@ def build_inference_batch_assets(
         owners=tuple(owners or ()),
         tags=dict(tags or {}),
         asset_spec_overrides=dict(asset_spec_overrides or {}),
+        results_format=results_format,
+        results_location=results_location,
     )
     return build_pipeline(spec)

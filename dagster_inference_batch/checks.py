@@ -1,5 +1,7 @@
 """Asset checks on ``<name>_results``: complete (blocking) and failure rate (warning).
 
+The stored results are a DataFrame, or (``results_format="parquet_dataset"``) a
+``ResultsDataset`` whose summary, added up while it was written, gives the same counts.
 Each is its own ``@dg.asset_check`` (partitioned like the results) that reads the stored
 results through the IO manager, so the checks run after the results step in the same
 run, and also on their own (the UI's "Execute checks") against what is stored. When the
@@ -7,14 +9,17 @@ results step ends without materializing (batches still running), the checks are 
 with it. A failed complete check keeps downstream assets of the run from running.
 """
 
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 
 from .metadata_set import InferenceBatchMetadataSet
+from .results_stream import ResultsDataset
 from .state import latest_job, partition_of
 
 
-def completeness(results: pd.DataFrame, submitted_rows: int) -> dict[str, int]:
+def completeness(results: pd.DataFrame | ResultsDataset, submitted_rows: int) -> dict[str, int]:
     """Counts of what keeps ``results`` from holding each submitted row once, answered.
 
     The results step joins answers to the submitted ids only (it refuses an upstream
@@ -22,7 +27,7 @@ def completeness(results: pd.DataFrame, submitted_rows: int) -> dict[str, int]:
     rows are absent, beyond them extra.
 
     Args:
-        results: the results table (``custom_id`` and ``status`` columns).
+        results: the results table (``custom_id`` and ``status`` columns), or its dataset.
         submitted_rows: how many rows the job submitted.
 
     Returns:
@@ -33,21 +38,31 @@ def completeness(results: pd.DataFrame, submitted_rows: int) -> dict[str, int]:
         >>> completeness(frame, 2)
         {'duplicate_rows': 1, 'absent_rows': 1, 'extra_rows': 0, 'unanswered_rows': 0}
     """
-    ids = results["custom_id"].astype(str)
-    distinct = int(ids.nunique())
+    if isinstance(results, ResultsDataset):
+        summary = results.summary
+        rows, distinct, missing = summary.rows, summary.distinct_ids, summary.statuses["missing"]
+    else:
+        rows, distinct = len(results), int(results["custom_id"].astype(str).nunique())
+        missing = int((results["status"] == "missing").sum())
     return {
-        "duplicate_rows": int(ids.duplicated().sum()),
+        "duplicate_rows": rows - distinct,
         "absent_rows": max(0, submitted_rows - distinct),
         "extra_rows": max(0, distinct - submitted_rows),
-        "unanswered_rows": int((results["status"] == "missing").sum()),
+        "unanswered_rows": missing,
     }
 
 
-def complete_result(results: pd.DataFrame, submitted_rows: int) -> dg.AssetCheckResult:
+def _rows(results: pd.DataFrame | ResultsDataset) -> int:
+    return results.summary.rows if isinstance(results, ResultsDataset) else len(results)
+
+
+def complete_result(
+    results: pd.DataFrame | ResultsDataset, submitted_rows: int
+) -> dg.AssetCheckResult:
     """``<name>_results_complete``: every submitted row exactly once, none ``missing``.
 
     Args:
-        results: the results table.
+        results: the results table, or its dataset.
         submitted_rows: how many rows the job submitted.
 
     Returns:
@@ -62,15 +77,17 @@ def complete_result(results: pd.DataFrame, submitted_rows: int) -> dg.AssetCheck
     return dg.AssetCheckResult(
         passed=not any(problems.values()),
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"submitted_rows": submitted_rows, "result_rows": len(results), **problems},
+        metadata={"submitted_rows": submitted_rows, "result_rows": _rows(results), **problems},
     )
 
 
-def failure_rate_result(results: pd.DataFrame, max_failure_rate: float) -> dg.AssetCheckResult:
+def failure_rate_result(
+    results: pd.DataFrame | ResultsDataset, max_failure_rate: float
+) -> dg.AssetCheckResult:
     """``<name>_results_failure_rate``: at most ``max_failure_rate`` rows not succeeded.
 
     Args:
-        results: the results table.
+        results: the results table, or its dataset.
         max_failure_rate: the share of rows allowed not to succeed.
 
     Returns:
@@ -81,8 +98,12 @@ def failure_rate_result(results: pd.DataFrame, max_failure_rate: float) -> dg.As
         >>> failure_rate_result(frame, 0.25).passed
         False
     """
-    not_succeeded = int((results["status"] != "succeeded").sum())
-    rate = not_succeeded / len(results) if len(results) else 0.0
+    if isinstance(results, ResultsDataset):
+        not_succeeded = results.summary.rows - results.summary.statuses["succeeded"]
+    else:
+        not_succeeded = int((results["status"] != "succeeded").sum())
+    rows = _rows(results)
+    rate = not_succeeded / rows if rows else 0.0
     return dg.AssetCheckResult(
         passed=rate <= max_failure_rate,
         severity=dg.AssetCheckSeverity.WARN,
@@ -99,7 +120,7 @@ def submitted_rows(
     results_key: dg.AssetKey,
     batch_key: dg.AssetKey,
     partition: str | None,
-    results: pd.DataFrame,
+    results: pd.DataFrame | ResultsDataset,
 ) -> int:
     """How many rows the job behind the stored results submitted.
 
@@ -108,7 +129,7 @@ def submitted_rows(
         results_key: the ``<name>_results`` asset.
         batch_key: the ``<name>_batch`` asset.
         partition: the partition key, or None.
-        results: the stored results table.
+        results: the stored results table, or its dataset.
 
     Returns:
         The latest results materialization's ``inference_batch/request_count``; for
@@ -136,6 +157,8 @@ def submitted_rows(
     recorded = latest_job(instance, batch_key, partition)
     if recorded is not None:
         return recorded.job.request_count
+    if isinstance(results, ResultsDataset):
+        return results.summary.distinct_ids
     return int(results["custom_id"].nunique())
 
 
@@ -173,9 +196,7 @@ def build_results_checks(
         partitions_def=partitions_def,
         description="Every submitted row appears exactly once, and the provider answered it.",
     )
-    def complete(
-        context: dg.AssetCheckExecutionContext, results: pd.DataFrame
-    ) -> dg.AssetCheckResult:
+    def complete(context: dg.AssetCheckExecutionContext, results: Any) -> dg.AssetCheckResult:
         expected = submitted_rows(
             context.instance, results_key, batch_key, partition_of(context), results
         )
@@ -187,7 +208,7 @@ def build_results_checks(
         partitions_def=partitions_def,
         description=f"At most {max_failure_rate:.0%} of the rows did not succeed.",
     )
-    def failure_rate(results: pd.DataFrame) -> dg.AssetCheckResult:
+    def failure_rate(results: Any) -> dg.AssetCheckResult:
         return failure_rate_result(results, max_failure_rate)
 
     return [complete, failure_rate]

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import openai
 import pandas as pd
 
@@ -44,6 +45,7 @@ from .provider_settings import (
 from .providers import DEFAULT_PROVIDER, ProviderProfile, provider_profile
 from .request_lines import EncodedRequests, encode_requests
 from .resubmission import leftover_requests
+from .results_stream import ResultsDataset
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, RetryPolicy
 from .upload_pacing import (
     DEFAULT_MAX_UPLOAD_WAIT_SECONDS,
@@ -802,6 +804,58 @@ class InferenceBatchClient:
         if self.delete_files_after_results:
             self.delete_files(job)
         return frame
+
+    def results_dataset(
+        self,
+        job: BatchJob,
+        location: str,
+        inputs: pd.DataFrame | None = None,
+        *,
+        id_column: str = "custom_id",
+        filesystem: fsspec.AbstractFileSystem | None = None,
+    ) -> ResultsDataset:
+        """The rows of ``results``, streamed into a Parquet dataset instead of memory.
+
+        For jobs whose results do not fit in memory: the files are joined a few thousand
+        lines at a time into row groups of ``<location>/part-0.parquet`` (see
+        ``results_stream``). Answered rows come in the files' order, then the rest.
+
+        Args:
+            job: A final job.
+            location: The dataset's folder: a local path or an fsspec URL (``s3://...``).
+            inputs: The rows the requests were built from; their columns are added.
+            id_column: The column of ``inputs`` holding the custom_ids.
+            filesystem: The fsspec filesystem to write with (default: from ``location``).
+
+        Returns:
+            A ``ResultsDataset``: ``.dataset()`` (``pyarrow.dataset``), ``.to_pandas()``,
+            ``.url`` for other readers, and ``.summary`` (counts, tokens).
+
+        Raises:
+            BatchFailedError: A batch of the latest attempt failed.
+            BatchAPIError: The job is not final, or a file could not be downloaded.
+
+        Example:
+            >>> import tempfile
+            >>> lines = [{"custom_id": "a", "body": {"model": "m", "prompt": "dataset"}}]
+            >>> job = client.wait(client.submit(lines, endpoint="/v1/completions"), poll_interval=0.1)
+            >>> handle = client.results_dataset(job, tempfile.mkdtemp())
+            >>> handle.to_pandas(["custom_id", "status"]).values.tolist()
+            [['a', 'succeeded']]
+        """
+        store = self.answer_store if job.manifest else None
+        handle = job_results.job_results_dataset(
+            self._provider,
+            job,
+            location,
+            inputs,
+            id_column=id_column,
+            answer_store=store,
+            filesystem=filesystem,
+        )
+        if self.delete_files_after_results:
+            self.delete_files(job)
+        return handle
 
     def submitted_lines(self, job: BatchJob) -> Iterator[tuple[str, bytes]]:
         """Every request line the job submitted, streamed from the provider in file order.

@@ -1,7 +1,8 @@
 """A finished job's results: its files downloaded, parsed and joined, one row per request.
 
 Requests that no file answers and whose batch expired or was cancelled take that batch's
-status; the rest stay ``missing``. Also the job's submitted lines read back, and the
+status; the rest stay ``missing``. The rows come as one DataFrame, or streamed into a
+Parquet dataset (``results_stream``). Also the job's submitted lines read back, and the
 deletion of its files.
 """
 
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 
@@ -22,7 +26,48 @@ from .incremental import answers_for_unsent
 from .job_manifest import read_manifest
 from .provider_calls import ProviderCalls
 from .result_join import mark_unanswered
-from .results import collect_results
+from .results import ResultFile, collect_results
+from .results_stream import ResultsDataset, write_results_dataset
+
+
+@dataclass(frozen=True)
+class _JobFiles:
+    """A final job's result files, downloaded, and the ids they answer."""
+
+    folder: Path
+    files: list[ResultFile]
+    custom_ids: list[str]
+    from_store: list[str]
+
+
+@contextmanager
+def _job_files(
+    provider: ProviderCalls,
+    job: BatchJob,
+    inputs: pd.DataFrame | None,
+    id_column: str,
+    answer_store: AnswerStore | None,
+) -> Iterator[_JobFiles]:
+    """Download the job's result files (and the stored answers of an incremental job's
+    rows not sent) into a temporary folder, kept until the block ends."""
+    raise_if_failed(job)
+    if not job.is_final:
+        raise BatchAPIError(f"job {job.idempotency_key} is still {job.status}")
+    with tempfile.TemporaryDirectory(prefix="dib-results-") as tmp:
+        folder = Path(tmp)
+        files = download_result_files(provider, job.shards, folder)
+        manifest = read_manifest(job.manifest) if job.manifest else None
+        from_store: list[str] = []
+        if manifest is not None and answer_store is not None:
+            reused, from_store = answers_for_unsent(manifest, files, answer_store, folder)
+            files = [*files, *reused]
+        if inputs is not None:
+            custom_ids = inputs[id_column].astype(str).tolist()
+        elif manifest is not None:
+            custom_ids = manifest.custom_ids
+        else:
+            custom_ids = _submitted_custom_ids(provider, job, folder)
+        yield _JobFiles(folder, files, custom_ids, from_store)
 
 
 def job_results(
@@ -53,30 +98,57 @@ def job_results(
         BatchFailedError: A batch of the latest attempt failed.
         BatchAPIError: The job is not final, or a file could not be downloaded.
     """
-    raise_if_failed(job)
-    if not job.is_final:
-        raise BatchAPIError(f"job {job.idempotency_key} is still {job.status}")
-    with tempfile.TemporaryDirectory(prefix="dib-results-") as tmp:
-        folder = Path(tmp)
-        files = download_result_files(provider, job.shards, folder)
-        manifest = read_manifest(job.manifest) if job.manifest else None
-        from_store: list[str] = []
-        if manifest is not None and answer_store is not None:
-            reused, from_store = answers_for_unsent(manifest, files, answer_store, folder)
-            files = [*files, *reused]
-        if inputs is not None:
-            custom_ids = inputs[id_column].astype(str).tolist()
-        elif manifest is not None:
-            custom_ids = manifest.custom_ids
-        else:
-            custom_ids = _submitted_custom_ids(provider, job, folder)
-        frame = collect_results(files, custom_ids, inputs, id_column=id_column)
+    with _job_files(provider, job, inputs, id_column, answer_store) as got:
+        frame = collect_results(got.files, got.custom_ids, inputs, id_column=id_column)
         frame.insert(
             frame.columns.get_loc("status") + 1,
             "source",
-            np.where(frame["custom_id"].isin(from_store), "store", "batch"),
+            np.where(frame["custom_id"].isin(got.from_store), "store", "batch"),
         )
-        return _mark_unanswered(provider, job, frame, folder)
+        missing = set(frame.loc[frame["status"] == "missing", "custom_id"])
+        owners = _ended_owners(provider, job, missing, got.folder)
+        return mark_unanswered(frame, owners) if owners else frame
+
+
+def job_results_dataset(
+    provider: ProviderCalls,
+    job: BatchJob,
+    location: str,
+    inputs: pd.DataFrame | None = None,
+    *,
+    id_column: str = "custom_id",
+    answer_store: AnswerStore | None = None,
+    filesystem: fsspec.AbstractFileSystem | None = None,
+) -> ResultsDataset:
+    """The rows of :func:`job_results`, streamed into a Parquet dataset at ``location``.
+
+    Args:
+        provider: The client's calls.
+        job: A final job.
+        location: The dataset's folder: a local path or an fsspec URL.
+        inputs: The rows the requests were built from.
+        id_column: The column of ``inputs`` holding the custom_ids.
+        answer_store: The store of an incremental job (one with a manifest).
+        filesystem: The fsspec filesystem to write with (default: from ``location``).
+
+    Returns:
+        The dataset's handle.
+
+    Raises:
+        BatchFailedError: A batch of the latest attempt failed.
+        BatchAPIError: The job is not final, or a file could not be downloaded.
+    """
+    with _job_files(provider, job, inputs, id_column, answer_store) as got:
+        return write_results_dataset(
+            got.files,
+            got.custom_ids,
+            location,
+            inputs,
+            id_column,
+            from_store=got.from_store,
+            owners=lambda missing: _ended_owners(provider, job, missing, got.folder),
+            filesystem=filesystem,
+        )
 
 
 def raise_if_failed(job: BatchJob) -> None:
@@ -101,22 +173,21 @@ def _submitted_custom_ids(provider: ProviderCalls, job: BatchJob, folder: Path) 
     return [custom_id for custom_id, _ in input_records(paths)]
 
 
-def _mark_unanswered(
-    provider: ProviderCalls, job: BatchJob, frame: pd.DataFrame, folder: Path
-) -> pd.DataFrame:
-    """Requests an expired or cancelled batch never answered take that batch's status
-    (a batch cancelled while validating has no error file to say so)."""
+def _ended_owners(
+    provider: ProviderCalls, job: BatchJob, missing: set[str], folder: Path
+) -> dict[str, tuple[str, str, int]]:
+    """For requests no file answers, the expired or cancelled batch that held them (a
+    batch cancelled while validating has no error file to say so)."""
     ended = [s for s in job.shards if s.status in ("expired", "cancelled")]
-    missing = set(frame.loc[frame["status"] == "missing", "custom_id"])
-    if not ended or not missing:
-        return frame
     owners: dict[str, tuple[str, str, int]] = {}
+    if not ended or not missing:
+        return owners
     paths = download_inputs(provider, ended, folder)
     for shard, path in zip(ended, paths, strict=True):
         for custom_id, _ in input_records([path]):
             if custom_id in missing:  # later attempts come later and win
                 owners[custom_id] = (shard.status, shard.batch_id or "", shard.attempt)
-    return mark_unanswered(frame, owners)
+    return owners
 
 
 def submitted_lines(provider: ProviderCalls, job: BatchJob) -> Iterator[tuple[str, bytes]]:

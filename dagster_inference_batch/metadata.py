@@ -17,12 +17,12 @@ import pandas as pd
 from .batch_record import BatchJob
 from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import EncodedRequests
-from .result_bodies import embedding_dimension
 from .results import STATUSES
+from .results_stream import ResultsDataset
+from .results_summary import PREVIEW_ROWS, ResultsSummary
 from .state import RecordedJob
 
 KINDS = {"inference"}  # the kind tag every pipeline asset carries
-PREVIEW_ROWS = 10
 PREVIEW_CHARS = 160
 _PREVIEW_COLUMNS = ("custom_id", "status", "content", "error_message")
 
@@ -152,12 +152,15 @@ def incremental_metadata(job: BatchJob, cost: Callable[[dict[str, int]], float |
 
 
 def reuse_metadata(
-    frame: pd.DataFrame, job: BatchJob, cost: Callable[[dict[str, int]], float | None]
+    results: Results,
+    job: BatchJob,
+    cost: Callable[[dict[str, int]], float | None],
 ) -> dict[str, Any]:
     """Rows answered from the store beside the job's estimate (``<name>_results``).
 
     Args:
-        frame: The results, with their ``source`` column.
+        results: The results, with their ``source`` column (or their dataset, or its
+            summary).
         job: The job joined.
         cost: USD of a token usage at the resource's prices (None without).
 
@@ -166,16 +169,17 @@ def reuse_metadata(
         comparison with the actual cost (``inference_batch/cost_usd``).
 
     Example:
-        >>> frame = pd.DataFrame({"source": ["store", "batch"], "prompt_tokens": [3, 4],
+        >>> frame = pd.DataFrame({"custom_id": ["a", "b"], "status": ["succeeded"] * 2,
+        ...     "source": ["store", "batch"], "prompt_tokens": [3, 4],
         ...     "completion_tokens": [1, 2]})
         >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k",
         ...     rows_reused=1, estimate={"typical_usd": 0.5})
         >>> reuse_metadata(frame, job, lambda usage: None)["inference_batch/tokens_saved"]
         4
     """
-    stored = frame[frame["source"] == "store"]
-    saved = token_usage(stored)
-    saved_cost = cost(saved) if len(stored) else None
+    summary = summary_of(results)
+    saved = summary.store_tokens
+    saved_cost = cost(saved) if summary.store_rows else None
     estimate = job.estimate
     return InferenceBatchMetadataSet(
         rows_reused=job.rows_reused,
@@ -267,35 +271,33 @@ def seconds_to_final(job: BatchJob) -> float | None:
     return max(0.0, round(max(finished) - job.submitted_at, 1))
 
 
-def token_usage(frame: pd.DataFrame) -> dict[str, int]:
-    """Token totals over the results, keyed like the Batch API's usage object.
+Results = pd.DataFrame | ResultsDataset | ResultsSummary
 
-    Args:
-        frame: the results table (``prompt_tokens`` and ``completion_tokens`` columns).
 
-    Returns:
-        ``input_tokens``, ``output_tokens`` and ``total_tokens``.
+def summary_of(results: Results) -> ResultsSummary:
+    """The summary of a results table, the one a results dataset was written with, or
+    ``results`` itself when it is one.
 
     Example:
-        >>> token_usage(pd.DataFrame({"prompt_tokens": [3, None], "completion_tokens": [2, 1]}))
-        {'input_tokens': 3, 'output_tokens': 3, 'total_tokens': 6}
+        >>> summary_of(pd.DataFrame({"custom_id": ["a"], "status": ["missing"],
+        ...     "prompt_tokens": [None], "completion_tokens": [None]})).statuses["missing"]
+        1
     """
-    prompt = int(frame["prompt_tokens"].fillna(0).sum())
-    completion = int(frame["completion_tokens"].fillna(0).sum())
-    return {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    if isinstance(results, ResultsSummary):
+        return results
+    return results.summary if isinstance(results, ResultsDataset) else ResultsSummary.of(results)
 
 
 def results_metadata(
-    frame: pd.DataFrame, collected: RecordedJob, job: BatchJob, cost: float | None
+    results: Results,
+    collected: RecordedJob,
+    job: BatchJob,
+    cost: float | None,
 ) -> dict[str, Any]:
     """The ``<name>_results`` materialization's metadata.
 
     Args:
-        frame: the results table.
+        results: the results table, the dataset they were streamed to, or its summary.
         collected: the ``<name>_batch`` materialization joined (its storage id and job).
         job: that job as refreshed by the results step.
         cost: the estimated cost in USD, or None without prices.
@@ -306,26 +308,25 @@ def results_metadata(
         the link to the batch materialization joined (``collected_storage_id`` and
         ``job_key``) and the number of rows the job submitted.
     """
-    counts = frame["status"].value_counts()
-    schema = dg.TableSchema(
-        columns=[dg.TableColumn(str(c), str(t)) for c, t in frame.dtypes.items()]
-    )
+    summary = summary_of(results)
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in summary.dtypes])
+    head = summary.head if summary.head is not None else pd.DataFrame()
     elapsed = seconds_to_final(job)
     fields = InferenceBatchMetadataSet(
         collected_storage_id=collected.storage_id,
         job_key=collected.job.idempotency_key,
         request_count=job.request_count,
-        **{status: int(counts.get(status, 0)) for status in STATUSES},
-        **token_usage(frame),
+        **{status: summary.statuses.get(status, 0) for status in STATUSES},
+        **summary.tokens,
         attempts=job.attempt,
         batch_ids=job.batch_ids,
-        preview=preview_table(frame, [c for c in _PREVIEW_COLUMNS if c in frame.columns]),
+        preview=preview_table(head, [c for c in _PREVIEW_COLUMNS if c in head.columns]),
         seconds_to_final=elapsed,
         cost_usd=round(cost, 6) if cost is not None else None,
-        embedding_dimension=embedding_dimension(frame),
+        embedding_dimension=summary.embedding_dimension,
     )
     return {
-        "dagster/row_count": len(frame),
+        "dagster/row_count": summary.rows,
         "dagster/column_schema": schema,
         **fields.to_metadata(),
     }

@@ -84,17 +84,30 @@ def with_inputs(
     """Append the input columns, row for row (``_input`` suffix on clashing names)."""
     if inputs is None:
         return result
+    extra = input_columns(inputs, wanted, list(result.columns), id_column)
+    return pd.concat([result, extra], axis=1)
+
+
+def input_columns(
+    inputs: pd.DataFrame, wanted: list[str], result_columns: list[str], id_column: str
+) -> pd.DataFrame:
+    """The rows of ``inputs`` in ``wanted`` order (empty where an id has none), without the
+    id column when it is ``custom_id``, names in ``result_columns`` suffixed ``_input``.
+
+    Raises:
+        ValueError: ``inputs`` repeats an id.
+    """
     keys = inputs[id_column].astype(str).tolist()
     if len(set(keys)) < len(keys):
         dup = next(k for k, n in Counter(keys).items() if n > 1)
         raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
     extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
-    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result.columns})
+    extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result_columns})
     extra = extra.reset_index(drop=True)
     if keys != wanted:
         rows = _lookup(pa.array(keys, pa.large_string()), pa.array(wanted, pa.large_string()))
         extra = extra.reindex(rows.fill_null(-1).to_numpy()).reset_index(drop=True)
-    return pd.concat([result, extra], axis=1)
+    return extra
 
 
 def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:

@@ -271,7 +271,12 @@ def _parse_lines(lines: list[bytes]) -> list[tuple[Any, ...]]:
             response = record.response
             if record.error is None and response is not None:
                 status_code, body = response.status_code, response.body
-                if status_code is not None and status_code < 400 and body is not None and body.choices:
+                if (
+                    status_code is not None
+                    and status_code < 400
+                    and body is not None
+                    and body.choices
+                ):
                     choice = body.choices[0]
                     message = choice.message
                     usage = body.usage or _NO_USAGE

@@ -23,8 +23,9 @@ from .client import InferenceBatchClient
 from .content import parse_content_columns
 from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
 from .job_manifest import read_manifest
-from .metadata import results_metadata, reuse_metadata, token_usage
+from .metadata import results_metadata, reuse_metadata, summary_of
 from .metadata_set import InferenceBatchMetadataSet
+from .results_stream import ResultsDataset
 from .row_changes import compare_lines
 from .spec import InferenceBatchSpec
 from .state import RecordedJob, latest_job, next_action, partition_of
@@ -127,17 +128,24 @@ def _finished_job(
 
 
 def _joined_results(
+    context: dg.AssetExecutionContext,
     client: InferenceBatchClient,
     recorded: RecordedJob,
     job: BatchJob,
     upstream: pd.DataFrame,
     spec: InferenceBatchSpec,
-) -> pd.DataFrame:
-    """One row per submitted row, once the rows are known to be the submitted ones."""
+) -> pd.DataFrame | ResultsDataset:
+    """One row per submitted row, once the rows are known to be the submitted ones: a
+    DataFrame, or the handle of the Parquet dataset they were streamed to."""
     if job.status != "failed":  # a failed job has nothing to join: results() says why
         check_submitted_rows(client, recorded, upstream, spec)
+    id_column = spec.requests.id_column
     try:
-        frame = client.results(job, inputs=upstream, id_column=spec.requests.id_column)
+        if spec.results_format == "parquet_dataset":
+            url = spec.results_url(context)
+            context.log.info(f"streaming the results into the Parquet dataset {url}")
+            return client.results_dataset(job, url, inputs=upstream, id_column=id_column)
+        frame = client.results(job, inputs=upstream, id_column=id_column)
     except BatchFailedError as exc:
         raise dg.Failure(
             description=str(exc),
@@ -172,7 +180,12 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
         deps=[spec.batch_key],
         output_required=False,  # not materialized while the batches still run
         **{
-            "description": "One row per submitted row: the answer, its status and token counts.",
+            "description": "One row per submitted row: the answer, its status and token counts."
+            + (
+                " Streamed into a Parquet dataset: the value is its ResultsDataset handle."
+                if spec.results_format == "parquet_dataset"
+                else ""
+            ),
             **spec.asset_options("results"),
         },
     )
@@ -187,14 +200,14 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             job = _finished_job(context, client, recorded, spec)
             if job is None:
                 return
-            frame = _joined_results(client, recorded, job, upstream, spec)
-        from_batches = frame[frame["source"] == "batch"]  # what this job paid for
-        cost = resource.cost(token_usage(from_batches))
+            results = _joined_results(context, client, recorded, job, upstream, spec)
+        summary = summary_of(results)
+        cost = resource.cost(summary.batch_tokens)  # what this job paid for
         yield dg.Output(
-            frame,
+            results,
             metadata={
-                **results_metadata(frame, recorded, job, cost),
-                **reuse_metadata(frame, job, resource.cost),
+                **results_metadata(summary, recorded, job, cost),
+                **reuse_metadata(summary, job, resource.cost),
                 **resource.provider_metadata(),
             },
         )

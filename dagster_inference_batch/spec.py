@@ -8,6 +8,7 @@ in this one place.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,8 @@ class PipelineLimits:
 
 
 ASSET_ROLES = ("input_file", "batch", "results")
+RESULTS_FORMATS = ("dataframe", "parquet_dataset")
+RESULTS_FOLDER = "inference_batch_results"  # under the instance's storage directory
 OVERRIDABLE = frozenset({"description", "owners", "tags", "metadata", "group_name", "code_version"})
 
 
@@ -202,9 +205,16 @@ class InferenceBatchSpec:
         asset_spec_overrides: Per asset (``input_file``, ``batch`` or ``results``), more
             ``@dg.asset`` arguments: ``description``, ``owners``, ``tags``, ``metadata``,
             ``group_name``, ``code_version``.
+        results_format: ``dataframe`` (the results asset's value is one pandas DataFrame)
+            or ``parquet_dataset`` (the join is streamed into a Parquet dataset and the
+            value is its ``ResultsDataset`` handle).
+        results_location: Where ``parquet_dataset`` results go: a local path or an
+            fsspec URL (``s3://bucket/prefix``); default: the instance's storage
+            directory. Each materialization writes its own folder below it.
 
     Raises:
-        ValueError: An override of an unknown asset or argument.
+        ValueError: An override of an unknown asset or argument; an unknown
+            ``results_format``, or ``parquet_dataset`` with ``parse_content``.
 
     Example:
         >>> spec = InferenceBatchSpec(
@@ -231,8 +241,16 @@ class InferenceBatchSpec:
     owners: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     asset_spec_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    results_format: str = "dataframe"
+    results_location: str | None = None
 
     def __post_init__(self) -> None:
+        if self.results_format not in RESULTS_FORMATS:
+            raise ValueError(
+                f"results_format: {self.results_format!r} is not one of {list(RESULTS_FORMATS)}"
+            )
+        if self.results_format == "parquet_dataset" and self.parse_content is not None:
+            raise ValueError("parse_content works with results_format='dataframe' only")
         for role, override in self.asset_spec_overrides.items():
             if role not in ASSET_ROLES:
                 raise ValueError(
@@ -330,6 +348,24 @@ class InferenceBatchSpec:
             The resource bound under ``resource_key``.
         """
         return getattr(context.resources, self.resource_key)
+
+    def results_url(self, context: dg.AssetExecutionContext) -> str:
+        """The folder a ``parquet_dataset`` materialization writes: below
+        ``results_location`` (or the instance's storage directory), by asset key,
+        partition and run, so no materialization overwrites another's rows.
+
+        Args:
+            context: The ``<name>_results`` step.
+
+        Returns:
+            A local path or an fsspec URL.
+        """
+        base = self.results_location or os.path.join(
+            context.instance.storage_directory(), RESULTS_FOLDER
+        )
+        partition = context.partition_key if context.has_partition_key else "__unpartitioned"
+        parts = [*self.results_key.path, partition, context.run.run_id]
+        return "/".join([base.rstrip("/"), *parts])
 
     def upload_queue(
         self, context: dg.AssetExecutionContext, partition: str | None

@@ -289,6 +289,20 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         float | None, _doc("Refuse a job whose worst-case cost is above it.")
     ] = Field(default=None, ge=0)
     incremental: Annotated[bool, _doc("Send only rows with no stored answer.")] = True
+    results_format: Annotated[
+        Literal["dataframe", "parquet_dataset"],
+        _doc(
+            "dataframe: the results are one pandas DataFrame; parquet_dataset: the join "
+            "streams into a Parquet dataset and the value is its ResultsDataset handle."
+        ),
+    ] = "dataframe"
+    results_location: Annotated[
+        str | None,
+        _doc(
+            "Where parquet_dataset results go: a local path or an fsspec URL "
+            "(s3://bucket/prefix); default: the instance's storage directory."
+        ),
+    ] = None
     resource_key: Annotated[str, _doc("Key of the InferenceBatchResource.")] = "inference_batch"
     resource: Annotated[
         ResourceModel | None,
@@ -363,6 +377,8 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             sensor_interval_seconds=self.sensor_interval_seconds,
             incremental=self.incremental,
             max_cost_usd=self.max_cost_usd,
+            results_format=self.results_format,
+            results_location=self.results_location,
             group_name=self.group_name,
             key_prefix=self.key_prefix,
             owners=self.owners,
