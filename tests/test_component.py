@@ -148,6 +148,14 @@ def test_yaml_defines_the_factorys_pipeline():
     assert pipeline.spec.parse_content is json.loads
 
 
+def test_results_format_and_location_reach_the_spec():
+    attributes = {k: v for k, v in ATTRIBUTES.items() if k not in ("parse_content",)}
+    attributes |= {"results_format": "parquet_dataset", "results_location": "s3://b/results"}
+    with load(attributes, {"mood.json": json.dumps(SCHEMA)}) as (component, defs, folder):
+        spec = component.build_pipeline(folder).spec
+    assert (spec.results_format, spec.results_location) == ("parquet_dataset", "s3://b/results")
+
+
 def test_templates_render_per_row_and_the_schema_file_becomes_the_response_format():
     with load(ATTRIBUTES, {"mood.json": json.dumps(SCHEMA)}) as (component, _, folder):
         requests = component.build_pipeline(folder).spec.requests
