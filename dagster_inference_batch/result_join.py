@@ -9,7 +9,6 @@ reading the files is ``results.py``'s job.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,7 +88,7 @@ def with_inputs(
 
 
 def input_columns(
-    inputs: pd.DataFrame, wanted: list[str], result_columns: list[str], id_column: str
+    inputs: pd.DataFrame, wanted: list[str] | pa.Array, result_columns: list[str], id_column: str
 ) -> pd.DataFrame:
     """The rows of ``inputs`` in ``wanted`` order (empty where an id has none), without the
     id column when it is ``custom_id``, names in ``result_columns`` suffixed ``_input``.
@@ -97,17 +96,33 @@ def input_columns(
     Raises:
         ValueError: ``inputs`` repeats an id.
     """
-    keys = inputs[id_column].astype(str).tolist()
-    if len(set(keys)) < len(keys):
-        dup = next(k for k, n in Counter(keys).items() if n > 1)
-        raise ValueError(f"inputs column {id_column!r} repeats the id {dup!r}")
+    keys = pa.array(inputs[id_column].astype(str), pa.large_string())
+    raise_if_repeated(keys, f"inputs column {id_column!r} repeats the id")
     extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
     extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result_columns})
     extra = extra.reset_index(drop=True)
-    if keys != wanted:
-        rows = _lookup(pa.array(keys, pa.large_string()), pa.array(wanted, pa.large_string()))
+    ids = wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.large_string())
+    if not keys.equals(ids):
+        rows = _lookup(keys, ids)
         extra = extra.reindex(rows.fill_null(-1).to_numpy()).reset_index(drop=True)
     return extra
+
+
+def raise_if_repeated(ids: pa.Array, message: str) -> None:
+    """Raise ``ValueError(f"{message} {id!r}")`` for the first id that ``ids`` repeats
+    (hashed in Arrow: no Python set of millions of strings).
+
+    Example:
+        >>> raise_if_repeated(pa.array(["a", "b", "a"]), "repeats")
+        Traceback (most recent call last):
+        ...
+        ValueError: repeats 'a'
+    """
+    if pc.count_distinct(ids, mode="all").as_py() == len(ids):
+        return
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    raise ValueError(f"{message} {repeated.field('values')[0].as_py()!r}")
 
 
 def merge_attempts(frame: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,6 @@ The summary the metadata and checks need is added up while writing.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .result_bodies import EMBEDDING_COLUMN
-from .result_join import _table, _winner_rows, input_columns, mark_unanswered, to_frame
+from .result_join import (
+    _table,
+    _winner_rows,
+    input_columns,
+    mark_unanswered,
+    raise_if_repeated,
+    to_frame,
+)
 from .results import CHUNK_SCHEMA, ResultFile, parse_chunks
 from .results_summary import ResultsSummary
 
@@ -84,12 +90,6 @@ def _filesystem(
     if filesystem is not None:
         return filesystem, filesystem._strip_protocol(url)
     return fsspec.core.url_to_fs(url)
-
-
-def _unique(wanted: list[str]) -> None:
-    if len(set(wanted)) < len(wanted):
-        dup = next(k for k, n in Counter(wanted).items() if n > 1)
-        raise ValueError(f"the requested ids repeat {dup!r}: a results dataset holds each once")
 
 
 def _winners(files: Sequence[ResultFile], wanted: pa.Array) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -200,12 +200,11 @@ def write_results_dataset(
         >>> handle.summary.rows, handle.summary.statuses["missing"]
         (2, 2)
     """
-    wanted = [str(c) for c in custom_ids]
-    _unique(wanted)
-    ids = pa.array(wanted, pa.large_string())
+    ids = pa.array(map(str, custom_ids), pa.large_string(), size=len(custom_ids))
+    raise_if_repeated(ids, "a results dataset holds each requested id once; they repeat")
     target, answered, has_vectors = _winners(files, ids)
     columns = [f.name for f in CHUNK_SCHEMA if has_vectors or f.name != EMBEDDING_COLUMN]
-    extra = input_columns(inputs, wanted, columns, id_column) if inputs is not None else None
+    extra = input_columns(inputs, ids, columns, id_column) if inputs is not None else None
     writer = _Writer(location, filesystem, extra, frozenset(from_store))
     try:
         start = 0

@@ -149,7 +149,7 @@ def test_embeddings_keep_their_vectors(tmp_path) -> None:
 
 
 def test_repeated_requested_ids_are_refused(tmp_path) -> None:
-    with pytest.raises(ValueError, match="repeat 'a'"):
+    with pytest.raises(ValueError, match="they repeat 'a'"):
         write_results_dataset([], ["a", "b", "a"], str(tmp_path / "ds"))
 
 
