@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.dataset as ds
 from common import BenchRow, measure_in_subprocess
-from result_files import custom_ids, result_files
+from result_files import custom_id_array, result_files
 
 from dagster_inference_batch.results import ResultFile
 from dagster_inference_batch.results_stream import write_results_dataset
@@ -34,8 +34,8 @@ LIMIT_MB = 1024
 def stream(rows: int, folder: str) -> dict[str, Any]:
     """Stream the join into ``folder``; returns the join's own seconds and summary."""
     output, errors = result_files(rows)
-    ids = custom_ids(rows)
-    inputs = pd.DataFrame({"custom_id": ids, "n": range(rows)})
+    ids = custom_id_array(rows)  # an Arrow array, as the results step holds them
+    inputs = pd.DataFrame({"custom_id": pd.array(ids, dtype=pd.ArrowDtype(ids.type)), "n": 1})
     start = time.perf_counter()
     files = [ResultFile(errors, "error", "batch_1", 1), ResultFile(output, "output", "batch_2", 2)]
     handle = write_results_dataset(files, ids, folder, inputs)

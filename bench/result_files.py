@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MODEL = "meta-llama/llama-3.1-8b-instruct/fp-8"
 WORDS = "the a batch model answer quick brown fox jumps over lazy dog data asset".split()
@@ -41,6 +43,13 @@ _EXPIRED = (
 def custom_ids(rows: int) -> list[str]:
     """The requested ids, in order."""
     return [f"item-{i:07d}" for i in range(rows)]
+
+
+def custom_id_array(rows: int) -> pa.Array:
+    """The requested ids as one Arrow array (no Python object per id)."""
+    numbers = pc.utf8_lpad(pa.array(np.arange(rows)).cast(pa.large_string()), 7, "0")
+    prefix = pa.scalar("item-", pa.large_string())
+    return pc.binary_join_element_wise(prefix, numbers, pa.scalar("", pa.large_string()))
 
 
 def result_files(rows: int) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .answer_store import AnswerStore
 from .batch_record import BatchJob
@@ -36,7 +37,7 @@ class _JobFiles:
 
     folder: Path
     files: list[ResultFile]
-    custom_ids: list[str]
+    custom_ids: pa.Array  # large_string: millions of ids without a Python object each
     from_store: list[str]
 
 
@@ -62,11 +63,11 @@ def _job_files(
             reused, from_store = answers_for_unsent(manifest, files, answer_store, folder)
             files = [*files, *reused]
         if inputs is not None:
-            custom_ids = inputs[id_column].astype(str).tolist()
+            custom_ids = pa.array(inputs[id_column].astype(str), pa.large_string())
         elif manifest is not None:
-            custom_ids = manifest.custom_ids
+            custom_ids = pa.array(manifest.custom_ids, pa.large_string())
         else:
-            custom_ids = _submitted_custom_ids(provider, job, folder)
+            custom_ids = pa.array(_submitted_custom_ids(provider, job, folder), pa.large_string())
         yield _JobFiles(folder, files, custom_ids, from_store)
 
 
@@ -99,7 +100,8 @@ def job_results(
         BatchAPIError: The job is not final, or a file could not be downloaded.
     """
     with _job_files(provider, job, inputs, id_column, answer_store) as got:
-        frame = collect_results(got.files, got.custom_ids, inputs, id_column=id_column)
+        wanted = got.custom_ids.to_pylist()
+        frame = collect_results(got.files, wanted, inputs, id_column=id_column)
         frame.insert(
             frame.columns.get_loc("status") + 1,
             "source",

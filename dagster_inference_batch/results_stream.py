@@ -160,7 +160,7 @@ class _Writer:
 
 def write_results_dataset(
     files: Sequence[ResultFile],
-    custom_ids: Sequence[str],
+    custom_ids: Sequence[str] | pa.Array,
     location: str,
     inputs: pd.DataFrame | None = None,
     id_column: str = "custom_id",
@@ -177,7 +177,8 @@ def write_results_dataset(
 
     Args:
         files: The downloaded output and error files of every attempt.
-        custom_ids: The requested ids (each once).
+        custom_ids: The requested ids (each once); an Arrow array keeps millions of them
+            without a Python object each.
         location: The dataset's folder: a local path or an fsspec URL; its data file is
             replaced.
         inputs: Rows whose columns are appended, matched on ``inputs[id_column]``.
@@ -200,7 +201,10 @@ def write_results_dataset(
         >>> handle.summary.rows, handle.summary.statuses["missing"]
         (2, 2)
     """
-    ids = pa.array(map(str, custom_ids), pa.large_string(), size=len(custom_ids))
+    if isinstance(custom_ids, pa.Array):
+        ids = custom_ids.cast(pa.large_string())
+    else:
+        ids = pa.array(map(str, custom_ids), pa.large_string(), size=len(custom_ids))
     raise_if_repeated(ids, "a results dataset holds each requested id once; they repeat")
     target, answered, has_vectors = _winners(files, ids)
     columns = [f.name for f in CHUNK_SCHEMA if has_vectors or f.name != EMBEDDING_COLUMN]
