@@ -96,7 +96,10 @@ def input_columns(
     Raises:
         ValueError: ``inputs`` repeats an id.
     """
-    keys = pa.array(inputs[id_column].astype(str), pa.large_string())
+    column = inputs[id_column]
+    if not pd.api.types.is_string_dtype(column):
+        column = column.astype(str)
+    keys = pa.array(column, pa.large_string())
     raise_if_repeated(keys, f"inputs column {id_column!r} repeats the id")
     extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
     extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result_columns})

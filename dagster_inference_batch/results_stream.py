@@ -18,13 +18,13 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .result_bodies import EMBEDDING_COLUMN
 from .result_join import (
     _table,
-    _winner_rows,
     input_columns,
     mark_unanswered,
     raise_if_repeated,
@@ -94,19 +94,35 @@ def _filesystem(
 
 def _winners(files: Sequence[ResultFile], wanted: pa.Array) -> tuple[np.ndarray, np.ndarray, bool]:
     """First pass: for each line, the wanted position it answers (-1: none), for each
-    wanted id whether a line answers it, and whether any line holds embeddings."""
-    slim, has_vectors = [], False
+    wanted id whether a line answers it, and whether any line holds embeddings.
+
+    Each line keeps its id and a rank, ``succeeded << 62 | attempt << 32 | line``, so an
+    id's best line (a success, else the latest attempt, else the later line; as
+    ``merge_attempts``) is the one of highest rank: one ``maximum.at``, no sort.
+    """
+    ids, ranks, has_vectors, lines = [], [], False, 0
     for chunk in parse_chunks(files):
-        slim.append(chunk.select(["custom_id", "status", "attempt"]))
+        succeeded = pc.fill_null(pc.equal(chunk["status"], "succeeded"), False).to_numpy(
+            zero_copy_only=False
+        )
+        attempt = pc.fill_null(chunk["attempt"], 0).to_numpy().astype(np.int64)
+        line = np.arange(lines, lines + chunk.num_rows, dtype=np.int64)
+        ranks.append((succeeded.astype(np.int64) << 62) | (attempt << 32) | line)
+        ids.append(chunk["custom_id"])
         has_vectors = has_vectors or chunk[EMBEDDING_COLUMN].null_count < chunk.num_rows
-    table = pa.concat_tables(
-        [CHUNK_SCHEMA.empty_table().select(["custom_id", "status", "attempt"]), *slim]
-    )
-    del slim
-    rows = _winner_rows(table, wanted)
-    answered = rows.is_valid().to_numpy(zero_copy_only=False)
-    target = np.full(table.num_rows, -1, dtype=np.int64)
-    target[rows.drop_null().to_numpy()] = np.flatnonzero(answered)
+        lines += chunk.num_rows
+    rank = np.concatenate([np.zeros(0, np.int64), *ranks])
+    del ranks
+    # one hash of the wanted ids for every line; unwanted lines go to the extra slot
+    places = pc.index_in(pa.chunked_array(ids, pa.large_string()), value_set=wanted)
+    del ids
+    place = places.fill_null(len(wanted)).to_numpy().astype(np.int64)
+    del places
+    best = np.full(len(wanted) + 1, -1, dtype=np.int64)
+    np.maximum.at(best, place, rank)
+    answered = best[:-1] >= 0
+    target = np.full(lines, -1, dtype=np.int64)
+    target[best[:-1][answered] & 0xFFFFFFFF] = np.flatnonzero(answered)
     return target, answered, has_vectors
 
 
