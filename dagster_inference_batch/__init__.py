@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .cost_estimate import BudgetExceeded
     from .request_lines import EncodedRequests, build_requests
     from .resource import InferenceBatchResource
+    from .results_stream import ResultsDataset
 
 _LAZY_NAMES = {
     "InferenceBatchClient": ".client",
@@ -40,6 +41,7 @@ _LAZY_NAMES = {
     "BudgetExceeded": ".cost_estimate",
     "AnswerStore": ".answer_store",
     "InferenceBatchComponent": ".components",
+    "ResultsDataset": ".results_stream",
 }
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "InvalidBatchInput",
     "PartialCreateError",
     "ProviderNotConfigured",
+    "ResultsDataset",
     "build_inference_batch_assets",
     "build_requests",
 ]
