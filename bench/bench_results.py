@@ -5,12 +5,11 @@ Ours (``collect_results``: orjson line parsing, classification, merge, join) aga
 on the same file (chat.completion bodies, shuffled order, 1% HTTP 500 lines). The two
 results must agree on a sample.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_results.py [--rows 1000000]
+    python bench/run.py --only bench_results
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-from machine import describe_machine
+from common import BenchRow
 
 from dagster_inference_batch.results import ResultFile, collect_results
 
@@ -99,13 +98,12 @@ def timed(fn, *args) -> tuple[float, pd.DataFrame]:
     return time.perf_counter() - start, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    args = parser.parse_args()
-    ids = [f"item-{i:07d}" for i in range(args.rows)]
+def run(quick: bool) -> list[BenchRow]:
+    """Both sides on a 1,000,000-line file (quick: 50,000); ours must be >= 3x faster."""
+    rows = 50_000 if quick else 1_000_000
+    ids = [f"item-{i:07d}" for i in range(rows)]
     inputs = pd.DataFrame(
-        {"custom_id": ids, "prompt": [f"question {i}" for i in range(args.rows)], "n": 1}
+        {"custom_id": ids, "prompt": [f"question {i}" for i in range(rows)], "n": 1}
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "output.jsonl")
@@ -113,20 +111,23 @@ def main() -> None:
         size = os.path.getsize(path)
         mine, result = timed(ours, path, inputs)
         base, expected = timed(baseline, path, inputs)
-    assert len(result) == len(expected) == args.rows
+    assert len(result) == len(expected) == rows
     assert result["custom_id"].tolist() == expected["custom_id"].tolist()
-    sample = np.random.default_rng(1).choice(args.rows, 2000, replace=False)
+    sample = np.random.default_rng(1).choice(rows, 2000, replace=False)
     ok = (expected["status_code"] < 400).to_numpy()
     assert (result["status"].to_numpy() == np.where(ok, "succeeded", "failed")).all()
     for column in ("content", "finish_reason", "prompt_tokens", "completion_tokens"):
         for i in sample[ok[sample]]:
             assert result[column].iloc[i] == expected[column].iloc[i], (column, i)
-    print(describe_machine())
-    print(f"lines: {args.rows:,}  file: {size / 1e6:.1f} MB")
-    print(f"baseline read_json + json_normalize + merge: {base:.2f} s")
-    print(f"collect_results (parse + merge + join):     {mine:.2f} s")
-    print(f"speed-up: {base / mine:.1f}x")
-
-
-if __name__ == "__main__":
-    main()
+    ratio = base / mine
+    return [
+        BenchRow(
+            benchmark=f"join: {rows:,}-line output file to its inputs",
+            ours=f"{mine:.2f} s",
+            baseline=f"{base:.2f} s",
+            ratio=round(ratio, 2),
+            bar="speed-up >= 3",
+            passed=ratio >= 3,
+            detail={"rows": rows, "file_mb": round(size / 1e6, 1)},
+        )
+    ]
