@@ -240,7 +240,9 @@ class InferenceBatchClient:
             >>> client.estimate(lines).worst_output_tokens
             10
         """
-        prices = {m: resolve_prices(self.profile.name, m, *self._prices) for m in requests.models}
+        prices = {
+            m: resolve_prices(self.profile.name, m, *self._prices) for m in set(requests.models)
+        }
         return estimate_cost(requests, prices)
 
     @property
