@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -113,7 +114,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shrink every size")
     parser.add_argument("--only", action="append", choices=MODULES, help="run only this module")
-    parser.add_argument("--output", type=Path, help="where results.json goes")
+    parser.add_argument(
+        "--output", type=Path, help="results.json to write (to read, with --markdown)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print results.json as Markdown")
     parser.add_argument("--write-readmes", action="store_true", help="put that table in READMEs")
     args = parser.parse_args(argv)
@@ -129,10 +132,12 @@ def main(argv: list[str]) -> int:
     output = args.output or (
         Path(tempfile.gettempdir(), "bench-quick-results.json") if args.quick else RESULTS
     )
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = os.getloadavg()[0]
     rows, crashed = run_modules(args.only or MODULES, args.quick)
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": describe_machine(),
+        "date": date,
+        "machine": f"{describe_machine()}, load average {load:.1f} at the start",
         "command": " ".join(["python bench/run.py", *argv]),
         "quick": args.quick,
         "rows": rows,
