@@ -41,10 +41,8 @@ BEGIN, END = "<!-- bench-table: begin -->", "<!-- bench-table: end -->"
 COLUMNS = ("benchmark", "ours", "baseline", "ratio", "bar", "pass")
 
 
-def run_modules(names: list[str], quick: bool) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each module's rows as JSON dicts, and the names of the modules that crashed."""
-    rows: list[dict[str, Any]] = []
-    crashed: list[str] = []
+def run_modules(names: list[str], quick: bool, report: dict[str, Any], output: Path) -> None:
+    """Run each module into ``report`` (its ``rows`` and ``crashed``), written after each."""
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -52,12 +50,12 @@ def run_modules(names: list[str], quick: bool) -> tuple[list[dict[str, Any]], li
             module_rows = importlib.import_module(name).run(quick)
         except Exception:
             traceback.print_exc()
-            crashed.append(name)
-            continue
-        seconds = time.perf_counter() - start
-        print(f"  {name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
-        rows.extend({"module": name, **row.to_json()} for row in module_rows)
-    return rows, crashed
+            report["crashed"].append(name)
+        else:
+            seconds = time.perf_counter() - start
+            print(f"  {name} done in {seconds:.0f} s", file=sys.stderr, flush=True)
+            report["rows"].extend({"module": name, **row.to_json()} for row in module_rows)
+        output.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def cells(row: dict[str, Any]) -> list[str]:
@@ -98,6 +96,8 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in report["rows"]]
+    if report.get("crashed"):
+        lines += ["", f"Crashed (no rows): {', '.join(report['crashed'])}."]
     return "\n".join(lines)
 
 
@@ -132,18 +132,16 @@ def main(argv: list[str]) -> int:
     output = args.output or (
         Path(tempfile.gettempdir(), "bench-quick-results.json") if args.quick else RESULTS
     )
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = os.getloadavg()[0]
-    rows, crashed = run_modules(args.only or MODULES, args.quick)
-    report = {
-        "date": date,
-        "machine": f"{describe_machine()}, load average {load:.1f} at the start",
+    report: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{describe_machine()}, load average {os.getloadavg()[0]:.1f} at the start",
         "command": " ".join(["python bench/run.py", *argv]),
         "quick": args.quick,
-        "rows": rows,
-        "crashed": crashed,
+        "rows": [],
+        "crashed": [],
     }
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    run_modules(args.only or MODULES, args.quick, report, output)
+    rows, crashed = report["rows"], report["crashed"]
     print(f"{report['date']}  {report['machine']}")
     print(text_table(rows))
     print(f"results: {output}")
