@@ -9,7 +9,7 @@ limit), upload, create, poll, ``files.content``, ``pd.read_json(lines=True)`` an
 to the inputs. Both poll every ``POLL_SECONDS``, run in their own process (wall time and
 peak RSS) against the same server (default offline responder, short validating and
 finalizing), on the same rows (read from a Parquet file, made outside the timings), and
-must return the same answers.
+must agree (row count, first and last answer).
 """
 
 from __future__ import annotations
