@@ -34,6 +34,7 @@ MODULES = [
     "bench_results",
     "bench_e2e",
     "bench_server_throughput",
+    "bench_sensor",
 ]
 RESULTS = BENCH_DIR / "results.json"
 READMES = [BENCH_DIR / "README.md", BENCH_DIR.parent / "README.md"]
