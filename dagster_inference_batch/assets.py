@@ -26,8 +26,10 @@ from .checks import build_results_checks
 from .content import ContentParser
 from .metadata import batch_metadata, incremental_metadata, input_file_metadata
 from .metadata_set import InferenceBatchMetadataSet
+from .on_time_check import OnTimeOptions, on_time_spec, submitted_result
 from .request_lines import CHAT_ENDPOINT
 from .results_asset import build_results_asset
+from .schedules import ScheduleLike, build_submit_schedule, schedule_options
 from .sensor import build_sensor
 from .spec import (
     DEFAULT_BUDGET_SECONDS,
@@ -60,6 +62,7 @@ class InferenceBatchDefinitions:
         submit_job: ``<name>_submit``.
         collect_job: ``<name>_collect``.
         cancel_job: ``<name>_cancel``.
+        schedule: ``<name>_schedule``, with a ``schedule`` argument.
 
     Example:
         >>> @dg.asset
@@ -81,6 +84,7 @@ class InferenceBatchDefinitions:
     submit_job: AssetJob
     collect_job: AssetJob
     cancel_job: dg.JobDefinition
+    schedule: dg.ScheduleDefinition | None = None
 
     @property
     def name(self) -> str:
@@ -90,7 +94,8 @@ class InferenceBatchDefinitions:
     @property
     def check_specs(self) -> list[dg.AssetCheckSpec]:
         """The specs of ``asset_checks``: ``<name>_results_complete`` (blocking) and
-        ``<name>_results_failure_rate``."""
+        ``<name>_results_failure_rate``. (``<name>_batch_on_time`` is declared on the
+        batch asset itself: see ``on_time_check``.)"""
         return [spec for check in self.asset_checks for spec in check.check_specs]
 
     @property
@@ -116,7 +121,7 @@ class InferenceBatchDefinitions:
 
     @property
     def defs(self) -> dg.Definitions:
-        """Assets, asset checks, sensor and jobs as one ``dg.Definitions``.
+        """Assets, asset checks, sensor, jobs and schedule as one ``dg.Definitions``.
 
         Resources are the caller's: bind an ``InferenceBatchResource`` under the
         pipeline's resource key.
@@ -126,6 +131,7 @@ class InferenceBatchDefinitions:
             asset_checks=self.asset_checks,
             sensors=[self.sensor],
             jobs=self.jobs,
+            schedules=[self.schedule] if self.schedule is not None else None,
         )
 
 
@@ -195,7 +201,9 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     """``<name>_batch``: create one batch per uploaded file and record the ``BatchJob``.
 
     With ``cancel_superseded``, a job for the partition with other rows cancels the
-    batches its previous job still runs (``inference_batch/superseded``).
+    batches its previous job still runs (``inference_batch/superseded``). With
+    ``spec.on_time``, it declares ``<name>_batch_on_time`` (passed on submission; the
+    sensor evaluates it as it refreshes the job).
 
     Args:
         spec: The pipeline.
@@ -204,9 +212,11 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
         The asset.
     """
     input_file_key, batch_key = spec.input_file_key, spec.batch_key
+    check_specs = [on_time_spec(spec.qualified_name, batch_key)] if spec.on_time else []
 
     @dg.asset(
         deps=[input_file_key],
+        check_specs=check_specs or None,
         **{
             "description": "Provider batches running the uploaded request lines; metadata "
             "holds the BatchJob, observations plot progress.",
@@ -244,7 +254,8 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
                 **InferenceBatchMetadataSet(
                     idempotency=client.idempotency, superseded=superseded or None
                 ).to_metadata(),
-            }
+            },
+            check_results=[submitted_result(spec.qualified_name)] if check_specs else None,
         )
 
     return batch
@@ -284,6 +295,7 @@ def build_pipeline(spec: InferenceBatchSpec) -> InferenceBatchDefinitions:
         submit_job=submit_job,
         collect_job=collect_job,
         cancel_job=build_cancel_job(spec),
+        schedule=build_submit_schedule(spec, spec.schedule, submit_job) if spec.schedule else None,
     )
 
 
@@ -318,6 +330,9 @@ def build_inference_batch_assets(
     owners: Sequence[str] | None = None,
     tags: Mapping[str, str] | None = None,
     asset_spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    schedule: ScheduleLike | None = None,
+    on_time: OnTimeOptions | bool = True,
+    results_freshness: bool = True,
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
 
@@ -365,6 +380,16 @@ def build_inference_batch_assets(
         asset_spec_overrides: Per asset (``"input_file"``, ``"batch"``, ``"results"``),
             more ``@dg.asset`` arguments: ``description``, ``owners``, ``tags``,
             ``metadata``, ``group_name`` or ``code_version``.
+        schedule: A cron string (``"0 6 * * *"``) or ``ScheduleOptions`` (cron, timezone,
+            default status, static partitions to submit): adds ``<name>_schedule`` for
+            ``<name>_submit``, stopped by default. Time-window partitions: each tick
+            submits the partition that just closed; static and dynamic: those not yet
+            submitted.
+        on_time: ``<name>_batch_on_time`` on ``<name>_batch``, evaluated by the sensor:
+            True (default thresholds: WARN at 75% of the completion window, ERROR an
+            hour past it), ``OnTimeOptions``, or False for no check.
+        results_freshness: With a schedule, a freshness policy on ``<name>_results``:
+            due a schedule gap plus the completion window after the last one.
 
     Returns:
         The pipeline's definitions; ``.defs`` merges them into a code location.
@@ -372,7 +397,8 @@ def build_inference_batch_assets(
     Raises:
         ValueError: Not exactly one of ``prompt_column``, ``messages`` and
             ``body_column``; ``max_attempts`` below 1; a negative progress step or
-            ``max_cost_usd``; an override of an unknown asset or argument.
+            ``max_cost_usd``; an override of an unknown asset or argument; an invalid
+            cron string or schedule option.
 
     Example:
         >>> @dg.asset
@@ -427,5 +453,8 @@ def build_inference_batch_assets(
         owners=tuple(owners or ()),
         tags=dict(tags or {}),
         asset_spec_overrides=dict(asset_spec_overrides or {}),
+        schedule=schedule_options(schedule),
+        on_time=OnTimeOptions() if on_time is True else on_time or None,
+        results_freshness=results_freshness,
     )
     return build_pipeline(spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -18,7 +19,9 @@ import pandas as pd
 from .content import ContentParser
 from .event_ledger import EventLogLedger
 from .metadata import KINDS
+from .on_time_check import OnTimeOptions
 from .request_lines import CHAT_ENDPOINT, EncodedRequests, build_requests, check_prompt_source
+from .schedules import ScheduleOptions
 from .upload_queue import UPLOAD_SECONDS_ALLOWED, EventLogUploadQueue
 
 if TYPE_CHECKING:
@@ -202,6 +205,10 @@ class InferenceBatchSpec:
         asset_spec_overrides: Per asset (``input_file``, ``batch`` or ``results``), more
             ``@dg.asset`` arguments: ``description``, ``owners``, ``tags``, ``metadata``,
             ``group_name``, ``code_version``.
+        schedule: When ``<name>_schedule`` submits, if there is one.
+        on_time: The thresholds of ``<name>_batch_on_time``; None: no such check.
+        results_freshness: Whether ``<name>_results`` gets a freshness policy (only with a
+            schedule: results are due a schedule gap plus the completion window later).
 
     Raises:
         ValueError: An override of an unknown asset or argument.
@@ -231,6 +238,9 @@ class InferenceBatchSpec:
     owners: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     asset_spec_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    schedule: ScheduleOptions | None = None
+    on_time: OnTimeOptions | None = field(default_factory=OnTimeOptions)
+    results_freshness: bool = True
 
     def __post_init__(self) -> None:
         for role, override in self.asset_spec_overrides.items():
@@ -307,7 +317,9 @@ class InferenceBatchSpec:
             ``key``, ``partitions_def``, ``group_name``, ``kinds``, ``owners``, ``tags``
             and ``required_resource_keys``, with the role's overrides applied.
         """
+        freshness = self.freshness_policy() if role == "results" else None
         return {
+            **({"freshness_policy": freshness} if freshness is not None else {}),
             "key": self._key(role),
             "partitions_def": self.partitions_def,
             "group_name": self.group_name,
@@ -317,6 +329,34 @@ class InferenceBatchSpec:
             "required_resource_keys": {self.resource_key},
             **self.asset_spec_overrides.get(role, {}),
         }
+
+    def freshness_policy(self) -> Any:
+        """The freshness policy of ``<name>_results``, from the schedule and the window.
+
+        Results are due the longest gap between two ticks, plus the completion window
+        (WARN), plus the on-time check's margin (fail), after the last materialization.
+
+        Returns:
+            A ``dg.FreshnessPolicy.time_window``, or None: no schedule, turned off, or a
+            Dagster without that API.
+
+        Example:
+            >>> spec = InferenceBatchSpec(
+            ...     name="llm", upstream_key=dg.AssetKey("prompts"),
+            ...     requests=RequestOptions(prompt_column="prompt"),
+            ...     schedule=ScheduleOptions("0 6 * * *"))
+            >>> spec.freshness_policy() is not None
+            True
+        """
+        time_window = getattr(getattr(dg, "FreshnessPolicy", None), "time_window", None)
+        if self.schedule is None or not self.results_freshness or time_window is None:
+            return None
+        on_time = self.on_time or OnTimeOptions()
+        due = self.schedule.longest_gap() + timedelta(seconds=on_time.completion_window_seconds)
+        return time_window(
+            fail_window=due + timedelta(seconds=on_time.error_margin_seconds),
+            warn_window=due if on_time.error_margin_seconds > 0 else None,
+        )
 
     def resource(
         self, context: dg.AssetExecutionContext | dg.OpExecutionContext | dg.SensorEvaluationContext

@@ -47,6 +47,9 @@ class ServerConfig:
     validating_seconds: float = _opt(0.2, "time a batch spends in `validating`")
     finalizing_seconds: float = _opt(0.2, "time a batch spends in `finalizing`/`cancelling`")
     expire_after: float | None = _opt(None, "seconds until a batch expires (default 24h)")
+    overrun_window: bool = _opt(
+        False, "never expire a batch at expires_at (a provider late to end its window)"
+    )
     expire_after_requests: int | None = _opt(
         None, "a batch expires once this many of its requests are answered (deterministic)"
     )

@@ -128,7 +128,8 @@ class Worker:
         """One step for one batch; True when it did work."""
         now, status = time.time(), row["status"]
         limit = self.config.expire_after_requests
-        if status in ("validating", "in_progress") and now >= row["expires_ts"]:
+        past_window = now >= row["expires_ts"] and not self.config.overrun_window
+        if status in ("validating", "in_progress") and past_window:
             self._finish(row, "expired", "batch_expired")
         elif status == "in_progress" and limit is not None and row["total"] > row["done"] >= limit:
             self._finish(row, "expired", "batch_expired")

@@ -292,6 +292,7 @@ def gather_tick(
         not_reached=not_reached,
         runs=runs,
         provider=resource.provider_metadata(),
+        dashboard_url=resource.dashboard_url,
         now=time.time(),
         read_at=read_at,
     )
