@@ -83,6 +83,7 @@ review_insights = build_inference_batch_assets(
     parse_content=json.loads,
     sensor_interval_seconds=SENSOR_INTERVAL_SECONDS,
     group_name="reviews",
+    schedule="0 6 * * *",  # review_insights_schedule: submits at 06:00 once switched on
 )
 
 
@@ -134,13 +135,6 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         assets=[reviews, review_sentiment_summary],
         jobs=[review_insights_daily],
-        schedules=[
-            dg.ScheduleDefinition(
-                name="review_insights_daily_schedule",
-                job=review_insights_daily,
-                cron_schedule="0 6 * * *",
-            )
-        ],
         sensors=[
             dg.AutomationConditionSensorDefinition(
                 "review_insights_automation",

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from .client import InferenceBatchClient
     from .components import InferenceBatchComponent
     from .cost_estimate import BudgetExceeded
+    from .on_time_check import OnTimeOptions
     from .request_lines import EncodedRequests, build_requests
     from .resource import InferenceBatchResource
+    from .schedules import ScheduleOptions
 
 _LAZY_NAMES = {
     "InferenceBatchClient": ".client",
@@ -40,6 +42,8 @@ _LAZY_NAMES = {
     "BudgetExceeded": ".cost_estimate",
     "AnswerStore": ".answer_store",
     "InferenceBatchComponent": ".components",
+    "OnTimeOptions": ".on_time_check",
+    "ScheduleOptions": ".schedules",
 }
 
 __all__ = [
@@ -56,8 +60,10 @@ __all__ = [
     "InferenceBatchDefinitions",
     "InferenceBatchResource",
     "InvalidBatchInput",
+    "OnTimeOptions",
     "PartialCreateError",
     "ProviderNotConfigured",
+    "ScheduleOptions",
     "build_inference_batch_assets",
     "build_requests",
 ]

@@ -227,7 +227,11 @@ def test_materializes_end_to_end_through_the_local_server(batch_server):
     assert set(results["status"]) == {"succeeded"}
     assert set(results["mood"]) <= {"happy", "sad"}
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"greetings_results_complete": True, "greetings_results_failure_rate": True}
+    assert checks == {
+        "greetings_batch_on_time": True,  # on time when submitted
+        "greetings_results_complete": True,
+        "greetings_results_failure_rate": True,
+    }
 
 
 def test_the_example_project_runs_end_to_end_through_the_local_server(
@@ -279,7 +283,30 @@ BAD_VALUES = [
     ({"partitions_def": {"type": "monthly"}}, "attributes.partitions_def", "Input should be"),
     ({"modle": MODEL}, "modle", "Extra inputs are not permitted"),
     ({"asset_spec_overrides": {"answers": {}}}, "asset_spec_overrides", "unknown asset"),
+    ({"schedule": "daily"}, "schedule", "not a valid cron string"),
+    ({"on_time": {"warn_fraction": 2}}, "attributes.on_time", "less than or equal to 1"),
 ]
+
+
+def test_yaml_schedule_and_on_time_reach_the_factory():
+    attributes = {
+        **ATTRIBUTES,
+        "schedule": {"cron": "0 6 * * *", "timezone": "Europe/Paris", "partition_keys": ["b"]},
+        "on_time": {"warn_fraction": 0.5, "error_margin_seconds": 60},
+    }
+    with load(attributes, {"mood.json": json.dumps(SCHEMA)}) as (component, defs, folder):
+        pipeline = component.build_pipeline(folder)
+        schedules = {s.name: s for s in defs.schedules or []}
+    schedule = schedules["team__llm__greetings_schedule"]
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "Europe/Paris")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert list(pipeline.spec.schedule.partition_keys) == ["b"]
+    assert (pipeline.spec.on_time.warn_fraction, pipeline.spec.on_time.error_margin_seconds) == (
+        0.5,
+        60,
+    )
+    with load({**ATTRIBUTES, "on_time": False}, {"mood.json": json.dumps(SCHEMA)}) as loaded:
+        assert loaded[0].build_pipeline(loaded[2]).spec.on_time is None
 
 
 @pytest.mark.parametrize(("change", "field", "reason"), BAD_VALUES)

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 # the README's screenshot; refreshed only when asked, so a test run leaves the tree clean
 README_SCREENSHOT = REPO / "docs" / "screenshot-results.png"
+SUMMARY_SCREENSHOT = REPO / "docs" / "images" / "results-summary.png"
 UPDATE_SCREENSHOT = os.environ.get("UPDATE_README_SCREENSHOT") == "1"
 REVIEWS = 60
 EXPIRE_AFTER = 40  # requests the local server answers in a batch before it expires
@@ -226,6 +227,9 @@ def test_expired_batch_is_resubmitted_once_and_every_review_succeeds(demo: Dagst
     assert results["metadata"]["inference_batch/succeeded"] == REVIEWS
     expired = [o for o in progress if o["inference_batch/status"] == "expired"]
     assert expired and all(o["inference_batch/completed"] == EXPIRE_AFTER for o in expired)
+    # while in flight with requests done, an observation has the pace and the ETA
+    paced = [o for o in progress if "inference_batch/eta" in o]
+    assert paced and all("inference_batch/requests_per_minute" in o for o in paced)
 
 
 def test_sensor_collects_results_and_the_summary_follows(demo: DagsterDev) -> None:
@@ -301,6 +305,17 @@ def test_results_page_shows_row_count_and_checks(demo: DagsterDev, tmp_path: Pat
                 page.get_by_text(check, exact=True).last.wait_for()
                 result = page.get_by_text("Evaluation result").locator("xpath=..")
                 assert "Passed" in result.inner_text()
+
+            # the results' markdown summary, opened from its metadata row
+            page.goto(f"{demo.url}/assets/review_insights_results")
+            row = page.locator("tr", has_text="inference_batch/summary").first
+            row.wait_for(timeout=60_000)
+            row.get_by_text("Show").first.click()
+            page.get_by_text("Tokens and cost").wait_for(timeout=30_000)
+            assert page.get_by_text(f"{REVIEWS} rows").count()
+            shot = SUMMARY_SCREENSHOT if UPDATE_SCREENSHOT else tmp_path / "summary.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
             browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -29,8 +29,10 @@ from dagster.components.resolved.core_models import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ...assets import InferenceBatchDefinitions, build_inference_batch_assets
+from ...on_time_check import OnTimeOptions
 from ...request_lines import CHAT_ENDPOINT
 from ...resource import InferenceBatchResource
+from ...schedules import ScheduleOptions
 from .scaffolder import InferenceBatchScaffolder
 
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
@@ -168,6 +170,23 @@ class ResourceModel(dg.Resolvable, dg.Model):
         return InferenceBatchResource(**{k: v for k, v in settings.items() if v is not None})
 
 
+class ScheduleModel(dg.Resolvable, dg.Model):
+    """``schedule:`` as an object: the cron string and its options (``ScheduleOptions``)."""
+
+    cron: str
+    timezone: str | None = None
+    default_status: Literal["stopped", "running"] = "stopped"
+    partition_keys: list[str] | None = None
+
+
+class OnTimeModel(dg.Resolvable, dg.Model):
+    """``on_time:`` thresholds of ``<name>_batch_on_time`` (``OnTimeOptions``)."""
+
+    warn_fraction: float = Field(default=0.75, gt=0, le=1)
+    error_margin_seconds: float = Field(default=3600.0, ge=0)
+    completion_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+
 @dg.scaffold_with(InferenceBatchScaffolder)
 class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     """Runs an upstream DataFrame's rows through an LLM Batch API, declared in YAML.
@@ -188,6 +207,9 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         ['insights_input_file', 'insights_batch', 'insights_results']
         >>> pipeline.spec.requests.messages({"text": "Great!"})
         [{'role': 'user', 'content': 'Review: Great!'}]
+        >>> scheduled = component.model_copy(update={"schedule": "0 6 * * *"})
+        >>> scheduled.build_pipeline().schedule.name
+        'insights_schedule'
     """
 
     model_config = ConfigDict(
@@ -289,6 +311,23 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         float | None, _doc("Refuse a job whose worst-case cost is above it.")
     ] = Field(default=None, ge=0)
     incremental: Annotated[bool, _doc("Send only rows with no stored answer.")] = True
+    schedule: Annotated[
+        str | ScheduleModel | None,
+        _doc(
+            "Submit on a cron schedule ('0 6 * * *'), or {cron, timezone, default_status, "
+            "partition_keys}; stopped by default. Daily partitions: the day that just closed."
+        ),
+    ] = None
+    on_time: Annotated[
+        bool | OnTimeModel,
+        _doc(
+            "The <name>_batch_on_time check: true (default), false, or {warn_fraction, "
+            "error_margin_seconds, completion_window_seconds}."
+        ),
+    ] = True
+    results_freshness: Annotated[
+        bool, _doc("With a schedule, a freshness policy on the results.")
+    ] = True
     resource_key: Annotated[str, _doc("Key of the InferenceBatchResource.")] = "inference_batch"
     resource: Annotated[
         ResourceModel | None,
@@ -368,7 +407,20 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             owners=self.owners,
             tags=self.tags,
             asset_spec_overrides=self.asset_spec_overrides,
+            schedule=self._schedule(),
+            on_time=(
+                OnTimeOptions(**self.on_time.model_dump())
+                if isinstance(self.on_time, OnTimeModel)
+                else self.on_time
+            ),
+            results_freshness=self.results_freshness,
         )
+
+    def _schedule(self) -> str | ScheduleOptions | None:
+        """The factory's ``schedule``: a cron string as given, an object as options."""
+        if isinstance(self.schedule, ScheduleModel):
+            return ScheduleOptions(**self.schedule.model_dump())
+        return self.schedule
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """The pipeline's definitions, with the inline ``resource`` if there is one."""
