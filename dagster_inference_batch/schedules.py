@@ -81,10 +81,11 @@ class ScheduleOptions:
             )
 
     def longest_gap(self, now: datetime | None = None) -> timedelta:
-        """The longest time between two ticks over the last few weeks.
+        """The longest time between two ticks: over the last hour for a schedule that
+        ticks every few minutes, else over the last week (or five, for rarer ones).
 
         Args:
-            now: The end of the weeks looked at (default: now).
+            now: The end of the time looked at (default: now).
 
         Returns:
             The gap (a day for ``"0 6 * * *"``).
@@ -92,17 +93,27 @@ class ScheduleOptions:
         Example:
             >>> ScheduleOptions("0 6 * * 1-5").longest_gap(datetime(2026, 1, 1))
             datetime.timedelta(days=3)
+            >>> ScheduleOptions("*/5 * * * *").longest_gap(datetime(2026, 1, 1))
+            datetime.timedelta(seconds=300)
         """
+        end = now or datetime.now()
+        for span, enough in (
+            (timedelta(hours=1), 6),
+            (timedelta(days=8), 2),
+            (timedelta(days=35), 2),
+        ):
+            starts = self._tick_times(end - span, end)
+            if len(starts) >= enough:
+                return max(b - a for a, b in zip(starts, starts[1:]))
+        return timedelta(days=35)  # ticks rarer than that: at least this long
+
+    def _tick_times(self, start: datetime, end: datetime) -> list[datetime]:
         # the partition windows of the cron string are its ticks, through public API only
+        fmt = "%Y-%m-%dT%H:%M"
         ticks = dg.TimeWindowPartitionsDefinition(
-            cron_schedule=self.cron,
-            start=(now or datetime.now()) - timedelta(days=35),
-            end=now or datetime.now(),
-            fmt="%Y-%m-%dT%H:%M",
-            timezone=self.timezone or "UTC",
+            cron_schedule=self.cron, start=start, end=end, fmt=fmt, timezone=self.timezone or "UTC"
         )
-        windows = [ticks.time_window_for_partition_key(k) for k in ticks.get_partition_keys()]
-        return max((w.end - w.start for w in windows), default=timedelta(days=1))
+        return [datetime.strptime(key, fmt) for key in ticks.get_partition_keys()]
 
 
 ScheduleLike = str | ScheduleOptions
