@@ -104,7 +104,7 @@ class ScheduleOptions:
         ):
             starts = self._tick_times(end - span, end)
             if len(starts) >= enough:
-                return max(b - a for a, b in zip(starts, starts[1:]))
+                return max(b - a for a, b in zip(starts[:-1], starts[1:], strict=True))
         return timedelta(days=35)  # ticks rarer than that: at least this long
 
     def _tick_times(self, start: datetime, end: datetime) -> list[datetime]:
