@@ -226,8 +226,8 @@ def test_progress_observation_has_pace_eta_and_dashboard_link() -> None:
 def test_sensor_progress_observations_carry_pace_and_eta(
     instance: dg.DagsterInstance, batch_server: Callable[..., LocalBatchServer]
 ) -> None:
-    server = batch_server(requests_per_second=20)
-    harness = Harness(instance, str(server.base_url), rows=40, progress_step_percent=1)
+    server = batch_server(requests_per_second=2)  # 20 requests: 10 s in flight
+    harness = Harness(instance, str(server.base_url), rows=20, progress_step_percent=1)
     harness.submit()
     harness.tick_until(lambda: harness.results_done(), timeout=60)
     paced = [
