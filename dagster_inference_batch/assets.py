@@ -43,7 +43,9 @@ from .spec import (
     upstream_key_of,
 )
 from .state import latest_job, partition_of
+from .structured_output import DEFAULT_RETRY_PROMPT_SUFFIX
 from .supersede import cancel_superseded_batches, recorded_job
+from .valid_output_check import build_valid_output_check
 
 # What ``dg.define_asset_job`` returns. Dagster resolves it to a ``dg.JobDefinition``
 # when the ``Definitions`` are built and does not export its class.
@@ -166,9 +168,9 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     def input_file(
         context: dg.AssetExecutionContext, config: InputFileConfig, upstream: pd.DataFrame
     ) -> dg.MaterializeResult:
-        encoded = spec.requests.build(upstream)
-        partition = partition_of(context)
         resource = spec.resource(context)
+        encoded = spec.requests.build(upstream, resource.provider)
+        partition = partition_of(context)
         with resource.get_client(upload_queue=spec.upload_queue(context, partition)) as client:
             job = client.upload(
                 encoded,
@@ -284,19 +286,43 @@ def build_pipeline(spec: InferenceBatchSpec) -> InferenceBatchDefinitions:
     return InferenceBatchDefinitions(
         spec=spec,
         assets=[build_input_file_asset(spec), build_batch_asset(spec), build_results_asset(spec)],
-        asset_checks=build_results_checks(
-            spec.name,
-            results_key=spec.results_key,
-            batch_key=spec.batch_key,
-            partitions_def=spec.partitions_def,
-            max_failure_rate=spec.limits.max_failure_rate,
-        ),
+        asset_checks=[
+            *build_results_checks(
+                spec.name,
+                results_key=spec.results_key,
+                batch_key=spec.batch_key,
+                partitions_def=spec.partitions_def,
+                max_failure_rate=spec.limits.max_failure_rate,
+            ),
+            *valid_output_checks(spec),
+        ],
         sensor=build_sensor(spec),
         submit_job=submit_job,
         collect_job=collect_job,
         cancel_job=build_cancel_job(spec),
         schedule=build_submit_schedule(spec, spec.schedule, submit_job) if spec.schedule else None,
     )
+
+
+def valid_output_checks(spec: InferenceBatchSpec) -> list[dg.AssetChecksDefinition]:
+    """``<name>_results_valid_output`` for a pipeline with a ``response_model``, else none.
+
+    Args:
+        spec: The pipeline.
+
+    Returns:
+        The check, in a list.
+    """
+    if spec.requests.structured is None:
+        return []
+    return [
+        build_valid_output_check(
+            spec.name,
+            results_key=spec.results_key,
+            partitions_def=spec.partitions_def,
+            max_invalid_rate=spec.limits.max_invalid_output_rate,
+        )
+    ]
 
 
 def build_inference_batch_assets(
@@ -325,6 +351,10 @@ def build_inference_batch_assets(
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS,
     incremental: bool = True,
     max_cost_usd: float | None = None,
+    response_model: Any = None,
+    retry_invalid_output: bool = False,
+    retry_prompt_suffix: str | None = DEFAULT_RETRY_PROMPT_SUFFIX,
+    max_invalid_output_rate: float = 0.02,
     group_name: str | None = None,
     key_prefix: str | Sequence[str] | None = None,
     owners: Sequence[str] | None = None,
@@ -372,6 +402,17 @@ def build_inference_batch_assets(
             config of ``<name>_input_file`` to send every row.
         max_cost_usd: Refuse, before anything is uploaded, a job whose worst-case cost
             estimate is above it.
+        response_model: A Pydantic (v2) model class or a JSON schema dict: each request
+            asks for JSON of that shape (``response_format`` from it, as the resource's
+            provider takes it), each answer is validated (``invalid_output`` when it is
+            not JSON or does not validate) and its fields become typed columns of
+            ``<name>_results``; adds the check ``<name>_results_valid_output``. Not with
+            ``parse_content``.
+        retry_invalid_output: The sensor resubmits the ``invalid_output`` rows as a new
+            attempt, within ``max_attempts`` (costs another request per row).
+        retry_prompt_suffix: Added to a retried row's prompt (None: resent as it was).
+        max_invalid_output_rate: Share of ``invalid_output`` rows above which
+            ``<name>_results_valid_output`` warns.
         group_name: The asset group of the pipeline's assets.
         key_prefix: Put before the three asset keys (a string or its parts); the jobs'
             and the sensor's names take it too, joined by ``__``.
@@ -431,6 +472,7 @@ def build_inference_batch_assets(
             body_column=body_column,
             system_prompt=system_prompt,
             body_params=body_params,
+            response_model=response_model,
         ),
         limits=PipelineLimits(
             max_attempts=max_attempts,
@@ -444,6 +486,9 @@ def build_inference_batch_assets(
             progress_step_seconds=progress_step_seconds,
             incremental=incremental,
             max_cost_usd=max_cost_usd,
+            retry_invalid_output=retry_invalid_output,
+            retry_prompt_suffix=retry_prompt_suffix,
+            max_invalid_output_rate=max_invalid_output_rate,
         ),
         parse_content=parse_content,
         partitions_def=partitions_def,

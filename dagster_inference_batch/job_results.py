@@ -23,6 +23,7 @@ from .job_manifest import read_manifest
 from .provider_calls import ProviderCalls
 from .result_join import mark_unanswered
 from .results import collect_results
+from .structured_output import StructuredOutput
 
 
 def job_results(
@@ -32,6 +33,7 @@ def job_results(
     *,
     id_column: str = "custom_id",
     answer_store: AnswerStore | None = None,
+    structured: StructuredOutput | None = None,
 ) -> pd.DataFrame:
     """One row per request of a final job (see ``InferenceBatchClient.results``).
 
@@ -45,6 +47,7 @@ def job_results(
         inputs: The rows the requests were built from.
         id_column: The column of ``inputs`` holding the custom_ids.
         answer_store: The store of an incremental job (one with a manifest).
+        structured: The answers' expected shape: validated, and typed columns added.
 
     Returns:
         One row per request.
@@ -70,7 +73,9 @@ def job_results(
             custom_ids = manifest.custom_ids
         else:
             custom_ids = _submitted_custom_ids(provider, job, folder)
-        frame = collect_results(files, custom_ids, inputs, id_column=id_column)
+        frame = collect_results(
+            files, custom_ids, inputs, id_column=id_column, structured=structured
+        )
         frame.insert(
             frame.columns.get_loc("status") + 1,
             "source",

@@ -21,6 +21,7 @@ from .result_bodies import embedding_dimension
 from .results import STATUSES
 from .results_summary import failure_rate, results_summary
 from .state import RecordedJob
+from .structured_output import invalid_output_summary
 
 KINDS = {"inference"}  # the kind tag every pipeline asset carries
 PREVIEW_ROWS = 10
@@ -361,9 +362,9 @@ def results_metadata(
         cost: the estimated cost in USD, or None without prices.
 
     Returns:
-        Row count, schema, counts per status, tokens, cost, failure rate, time to
-        final, a markdown summary (``results_summary``), the embedding vectors' length
-        (embeddings batches), a preview,
+        Row count, schema, counts per status (invalid outputs also by error), tokens,
+        cost, failure rate, time to final, a markdown summary (``results_summary``), the
+        embedding vectors' length (embeddings batches), a preview,
         the link to the batch materialization joined (``collected_storage_id`` and
         ``job_key``) and the number of rows the job submitted.
     """
@@ -387,6 +388,7 @@ def results_metadata(
         failure_rate=failure_rate(frame),
         summary=results_summary(frame, job, token_usage(batch_rows), cost),
         embedding_dimension=embedding_dimension(frame),
+        invalid_output_errors=invalid_output_summary(frame) or None,
     )
     return {
         "dagster/row_count": len(frame),

@@ -91,6 +91,10 @@ class InferenceBatchMetadataSet:
     idempotency: str | None = _key("str", "how the batch lookup was made: listing/ledger/degraded")
     # results
     succeeded: int | None = _key("int", "result rows succeeded")
+    invalid_output: int | None = _key("int", "result rows whose answer did not validate")
+    invalid_output_errors: dict[str, int] | None = _key(
+        "json", "invalid_output rows by error (JSON path: kind)"
+    )
     expired: int | None = _key("int", "result rows expired")
     cancelled: int | None = _key("int", "result rows cancelled")
     missing: int | None = _key("int", "result rows with no answer line")

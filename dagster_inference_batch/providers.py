@@ -42,6 +42,10 @@ class ProviderProfile:
         upload_interval_seconds: the least time between two file uploads per key (0: none).
         dashboard_url: the provider's web page of a batch, ``{batch_id}`` standing for its
             id (None: the provider documents none).
+        structured_output: how a ``response_model`` is asked for: ``json_schema`` (the
+            schema in ``response_format``) or ``json_object`` (JSON mode, the schema in a
+            system message).
+        strict_json_schema: whether ``json_schema`` may carry ``strict: true``.
     """
 
     name: str
@@ -54,6 +58,8 @@ class ProviderProfile:
     accepts_output_expires_after: bool
     upload_interval_seconds: float
     dashboard_url: str | None = None
+    structured_output: str = "json_schema"
+    strict_json_schema: bool = True
 
     def dashboard_link(self, batch_id: str) -> str | None:
         """The provider's web page of one batch, if it has one.
@@ -107,6 +113,7 @@ PROFILES: dict[str, ProviderProfile] = {
         accepts_webhook_url=False,
         accepts_output_expires_after=False,
         upload_interval_seconds=0.0,
+        strict_json_schema=False,  # not every OpenAI-compatible server takes strict
     ),
 }
 DEFAULT_PROVIDER = "inference.net"

@@ -27,7 +27,8 @@ from .metadata import results_metadata, reuse_metadata, token_usage
 from .metadata_set import InferenceBatchMetadataSet
 from .row_changes import compare_lines
 from .spec import InferenceBatchSpec
-from .state import RecordedJob, latest_job, next_action, partition_of
+from .state import RecordedJob, invalid_retry_allowed, latest_job, next_action, partition_of
+from .structured_output import INVALID_OUTPUT
 
 
 def check_submitted_rows(
@@ -51,7 +52,7 @@ def check_submitted_rows(
             ``inference_batch/upstream_changed``) and what to do.
     """
     job = recorded.job
-    encoded = spec.requests.build(upstream)
+    encoded = spec.requests.build(upstream, client.profile)
     if job.sha256 is not None and encoded.sha256() == job.sha256:
         return
     upstream_name = spec.upstream_key.to_user_string()
@@ -137,7 +138,12 @@ def _joined_results(
     if job.status != "failed":  # a failed job has nothing to join: results() says why
         check_submitted_rows(client, recorded, upstream, spec)
     try:
-        frame = client.results(job, inputs=upstream, id_column=spec.requests.id_column)
+        frame = client.results(
+            job,
+            inputs=upstream,
+            id_column=spec.requests.id_column,
+            response_model=spec.requests.structured,
+        )
     except BatchFailedError as exc:
         raise dg.Failure(
             description=str(exc),
@@ -146,6 +152,19 @@ def _joined_results(
     if spec.parse_content is not None:
         frame = parse_content_columns(frame, spec.parse_content)
     return frame
+
+
+def _invalid_retry_due(
+    frame: pd.DataFrame, job: BatchJob, recorded: RecordedJob, spec: InferenceBatchSpec
+) -> bool:
+    """Whether the sensor is to retry invalid answers first (``retry_invalid_output``)."""
+    return (
+        spec.limits.retry_invalid_output
+        and invalid_retry_allowed(
+            job, max_attempts=spec.limits.max_attempts, cancel_requested=recorded.cancel_requested
+        )
+        and bool((frame["status"] == INVALID_OUTPUT).any())
+    )
 
 
 def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
@@ -188,6 +207,14 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             if job is None:
                 return
             frame = _joined_results(client, recorded, job, upstream, spec)
+        if _invalid_retry_due(frame, job, recorded, spec):
+            context.log.info(
+                f"{int((frame['status'] == INVALID_OUTPUT).sum())} answers did not validate: "
+                f"the sensor {spec.sensor_name} will resubmit them (attempt {job.attempt + 1} "
+                f"of {spec.limits.max_attempts}) and then materialize "
+                f"{spec.results_key.to_user_string()}."
+            )
+            return
         from_batches = frame[frame["source"] == "batch"]  # what this job paid for
         cost = resource.cost(token_usage(from_batches))
         yield dg.Output(

@@ -20,8 +20,10 @@ from .content import ContentParser
 from .event_ledger import EventLogLedger
 from .metadata import KINDS
 from .on_time_check import OnTimeOptions
+from .providers import DEFAULT_PROVIDER, ProviderProfile
 from .request_lines import CHAT_ENDPOINT, EncodedRequests, build_requests, check_prompt_source
 from .schedules import ScheduleOptions
+from .structured_output import DEFAULT_RETRY_PROMPT_SUFFIX, StructuredOutput, structured_output
 from .upload_queue import UPLOAD_SECONDS_ALLOWED, EventLogUploadQueue
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class RequestOptions:
         body_column: Column holding each row's ready request body.
         system_prompt: System message put before each prompt.
         body_params: Further body fields (``max_tokens``, ...) for every line.
+        response_model: A Pydantic model class or a JSON schema dict the answers must
+            match; held as a ``StructuredOutput``.
 
     Raises:
         ValueError: None, or more than one, of the three content sources is given.
@@ -91,17 +95,27 @@ class RequestOptions:
     body_column: str | None = None
     system_prompt: str | None = None
     body_params: Mapping[str, Any] | None = None
+    response_model: Any = None
 
     def __post_init__(self) -> None:
         check_prompt_source(
             prompt_column=self.prompt_column, messages=self.messages, body_column=self.body_column
         )
+        object.__setattr__(self, "response_model", structured_output(self.response_model))
 
-    def build(self, frame: pd.DataFrame) -> EncodedRequests:
+    @property
+    def structured(self) -> StructuredOutput | None:
+        """The answers' expected shape, or None."""
+        return self.response_model
+
+    def build(
+        self, frame: pd.DataFrame, provider: str | ProviderProfile = DEFAULT_PROVIDER
+    ) -> EncodedRequests:
         """The validated request lines of ``frame``'s rows.
 
         Args:
             frame: The upstream's rows, one request each.
+            provider: The provider (how it takes structured output).
 
         Returns:
             The encoded lines, ready to shard and upload.
@@ -119,6 +133,8 @@ class RequestOptions:
             body_column=self.body_column,
             system_prompt=self.system_prompt,
             body_params=self.body_params,
+            response_model=self.response_model,
+            provider=provider,
         )
 
 
@@ -143,6 +159,13 @@ class PipelineLimits:
         incremental: Send only rows whose request has no stored answer (each distinct
             request once) and join the stored answers back.
         max_cost_usd: Refuse, before upload, a job whose worst-case estimate is above it.
+        retry_invalid_output: Resubmit the rows whose answer does not validate against
+            the ``response_model`` (``invalid_output``) as a new attempt, within
+            ``max_attempts``.
+        retry_prompt_suffix: Added to those rows' prompt when they are retried (None:
+            resent as they were).
+        max_invalid_output_rate: Share of ``invalid_output`` rows above which the
+            valid-output check warns.
 
     Raises:
         ValueError: ``max_attempts`` is below 1, a progress step or ``max_cost_usd`` is
@@ -168,8 +191,16 @@ class PipelineLimits:
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS
     incremental: bool = True
     max_cost_usd: float | None = None
+    retry_invalid_output: bool = False
+    retry_prompt_suffix: str | None = DEFAULT_RETRY_PROMPT_SUFFIX
+    max_invalid_output_rate: float = 0.02
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_invalid_output_rate <= 1.0:
+            raise ValueError(
+                f"max_invalid_output_rate must be between 0 and 1, got "
+                f"{self.max_invalid_output_rate}"
+            )
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
@@ -243,6 +274,13 @@ class InferenceBatchSpec:
     results_freshness: bool = True
 
     def __post_init__(self) -> None:
+        if self.requests.structured is not None and self.parse_content is not None:
+            raise ValueError(
+                "pass response_model or parse_content, not both: response_model parses "
+                "and validates each answer itself"
+            )
+        if self.limits.retry_invalid_output and self.requests.structured is None:
+            raise ValueError("retry_invalid_output=True needs a response_model to validate with")
         for role, override in self.asset_spec_overrides.items():
             if role not in ASSET_ROLES:
                 raise ValueError(

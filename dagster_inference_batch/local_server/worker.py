@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .config import ServerConfig
+from .invalid_outputs import break_answer
 from .provider_rules import ServerRules
 from .responders import Reply, Responder, error_body
 from .run_files import ChunkResults, RunFiles, close_input, map_input
@@ -285,8 +286,10 @@ class Worker:
         replies: list[Reply | None] = [self._simulated_failure(line["custom_id"]) for line in lines]
         todo = [i for i, reply in enumerate(replies) if reply is None]
         answers = self.responder.respond_many(row["endpoint"], [lines[i]["body"] for i in todo])
+        rate, seed = self.config.invalid_output_rate, self.config.seed
         for i, answer in zip(todo, answers, strict=True):
-            replies[i] = answer
+            line = lines[i]
+            replies[i] = break_answer(answer, line["body"], line["custom_id"], rate=rate, seed=seed)
         tally = ChunkResults()
         for line, reply in zip(lines, replies, strict=True):
             assert reply is not None

@@ -46,6 +46,12 @@ def _signature(job: BatchJob) -> str:
     return f"{job.status}|{job.attempt}|{counts['completed']}|{counts['failed']}|{counts['total']}"
 
 
+def _left(job: BatchJob) -> str:
+    """What a resubmission took from ``job``: its expired or cancelled remainder, or (a
+    completed job) the answers that did not validate."""
+    return "was unanswered or did not validate" if job.status == "completed" else job.status
+
+
 def _percent(completed: int, failed: int, total: int) -> float:
     return 100.0 * (completed + failed) / total if total else 0.0
 
@@ -153,7 +159,7 @@ class _Planner:
                 dg.AssetMaterialization(
                     asset_key=self.batch_key,
                     partition=outcome.recorded.partition,
-                    description=f"attempt {new_job.attempt}: resubmitted what {job.status} "
+                    description=f"attempt {new_job.attempt}: resubmitted what {_left(job)} "
                     f"in attempt {job.attempt}",
                     metadata={**batch_metadata(new_job), **self.state.provider},
                 )
@@ -161,7 +167,7 @@ class _Planner:
             plan.cursor.update(progress=_signature(new_job), progress_at=self.state.now)
             plan.job = new_job
             plan.infos.append(
-                f"{self.name}: resubmitted the {job.status} remainder of {where(slot)} "
+                f"{self.name}: resubmitted what {_left(job)} of {where(slot)} "
                 f"as attempt {new_job.attempt}"
             )
         elif outcome.action == "collect":
