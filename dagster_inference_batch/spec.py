@@ -102,6 +102,9 @@ class RequestOptions:
             prompt_column=self.prompt_column, messages=self.messages, body_column=self.body_column
         )
         object.__setattr__(self, "response_model", structured_output(self.response_model))
+        taken = sorted({"response_format", "text"} & set(self.body_params or {}))
+        if self.response_model is not None and taken:
+            raise ValueError(f"body_params may not set {taken[0]!r} beside response_model")
 
     @property
     def structured(self) -> StructuredOutput | None:

@@ -254,8 +254,8 @@ def test_the_example_project_runs_end_to_end_through_the_local_server(
     assert result.success
     assert len(results) == len(result.output_for_node("reviews"))
     assert set(results["status"]) == {"succeeded"}
-    assert set(results["sentiment"]) <= {"positive", "neutral", "negative"}
-    assert all(isinstance(topics, list) for topics in results["topics"])
+    assert list(results["sentiment"].cat.categories) == ["positive", "neutral", "negative"]
+    assert all(isinstance(topics, list) for topics in results["topics"])  # Arrow lists
 
 
 def test_an_env_template_api_key_is_read_when_a_run_starts_not_stored(monkeypatch):
@@ -390,15 +390,15 @@ def test_dg_scaffolds_a_defs_yaml_that_checks_on_a_new_project(project):
 def test_dg_check_refuses_a_bad_value_naming_the_field_and_the_file(project):
     defs_yaml = project / "src" / "yaml_project" / "defs" / "review_insights" / "defs.yaml"
     lines = defs_yaml.read_text().splitlines()
-    line = lines.index("  parse_content: json") + 1
-    lines[line - 1] = "  parse_content: yaml"
+    line = lines.index("  sensor_interval_seconds: 30") + 1
+    lines[line - 1] = "  sensor_interval_seconds: soon"
     defs_yaml.write_text("\n".join(lines))
     checked = dg_cli(project, "check", "defs")
 
     assert checked.returncode != 0
     output = checked.stdout + checked.stderr
-    assert f"review_insights/defs.yaml:{line} - attributes.parse_content" in output
-    assert "Input should be 'json'" in output
+    assert f"review_insights/defs.yaml:{line} - attributes.sensor_interval_seconds" in output
+    assert "Input should be a valid integer" in output
 
 
 def iter_causes(error: BaseException | None) -> Iterator[BaseException]:

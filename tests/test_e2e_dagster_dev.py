@@ -37,7 +37,11 @@ REVIEWS = 60
 EXPIRE_AFTER = 40  # requests the local server answers in a batch before it expires
 PRODUCTS = 6
 WAIT_SECONDS = 180
-CHECK_NAMES = ("review_insights_results_complete", "review_insights_results_failure_rate")
+CHECK_NAMES = (
+    "review_insights_results_complete",
+    "review_insights_results_failure_rate",
+    "review_insights_results_valid_output",
+)
 
 LATEST = """
 query Latest($key: AssetKeyInput!) {

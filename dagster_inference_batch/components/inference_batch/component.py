@@ -9,6 +9,7 @@ beside the ``defs.yaml``; an inline ``resource`` is bound under ``resource_key``
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import traceback
@@ -33,6 +34,7 @@ from ...on_time_check import OnTimeOptions
 from ...request_lines import CHAT_ENDPOINT
 from ...resource import InferenceBatchResource
 from ...schedules import ScheduleOptions
+from ...structured_output import DEFAULT_RETRY_PROMPT_SUFFIX
 from .scaffolder import InferenceBatchScaffolder
 
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
@@ -269,6 +271,24 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     parse_content: Annotated[
         Literal["json"] | None, _doc("'json': each answer's JSON keys become result columns.")
     ] = None
+    response_model: Annotated[
+        dict[str, Any] | str | None,
+        _doc(
+            "Structured output, validated, as typed columns: a Pydantic model by its dotted "
+            "path ('my_pkg.models.Insight' or 'my_pkg.models:Insight'), or a JSON schema, "
+            "inline or as a .json file path relative to this defs.yaml. Not with "
+            "response_format or parse_content."
+        ),
+    ] = None
+    retry_invalid_output: Annotated[
+        bool, _doc("Resubmit the answers that do not validate, within max_attempts.")
+    ] = False
+    retry_prompt_suffix: Annotated[
+        str | None, _doc("Added to a retried row's prompt (null: resent as it was).")
+    ] = DEFAULT_RETRY_PROMPT_SUFFIX
+    max_invalid_output_rate: Annotated[
+        float, _doc("Share of invalid answers above which the valid-output check warns.")
+    ] = Field(default=0.02, ge=0, le=1)
     partitions_def: Annotated[
         dg.PartitionsDefinition | None,
         dg.Resolver(
@@ -347,6 +367,10 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             )
         if self.messages is not None and not self.messages:
             raise ValueError("messages: give at least one message")
+        if self.response_model is not None:
+            for other in ("response_format", "parse_content"):
+                if getattr(self, other) is not None:
+                    raise ValueError(f"give response_model or {other}, not both")
         return self
 
     @classmethod
@@ -382,8 +406,9 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             What ``build_inference_batch_assets`` returns for the same arguments.
 
         Raises:
-            ValueError: ``response_format`` both here and in ``body_params``, or a file
-                that is missing or not JSON.
+            ValueError: ``response_format`` both here and in ``body_params``, a file
+                that is missing or not JSON, or a ``response_model`` that cannot be
+                imported.
         """
         return build_inference_batch_assets(
             self.name,
@@ -394,6 +419,10 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             **self._prompt(),
             body_params=self._body_params(defs_dir or Path.cwd()),
             parse_content=json.loads if self.parse_content == "json" else None,
+            response_model=_response_model(self.response_model, defs_dir or Path.cwd()),
+            retry_invalid_output=self.retry_invalid_output,
+            retry_prompt_suffix=self.retry_prompt_suffix,
+            max_invalid_output_rate=self.max_invalid_output_rate,
             partitions_def=self.partitions_def,
             resource_key=self.resource_key,
             max_attempts=self.max_attempts,
@@ -454,6 +483,40 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         return params
 
 
+def _response_model(value: dict[str, Any] | str | None, defs_dir: Path) -> Any:
+    """The ``response_model`` field as the factory takes it: a schema dict as is, a
+    ``.json`` path read (relative to the ``defs.yaml``), a dotted path imported.
+
+    Example:
+        >>> _response_model("pydantic:BaseModel", Path("."))
+        <class 'pydantic.main.BaseModel'>
+    """
+    if value is None or isinstance(value, dict):
+        return value
+    if value.endswith(".json"):
+        return _json_file(defs_dir / value, "response_model")
+    module_name, _, attribute = value.rpartition(":") if ":" in value else value.rpartition(".")
+    if not module_name:
+        raise ValueError(f"response_model: {value!r} is not a dotted path to a model")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"response_model: cannot import {value!r} ({error})") from None
+
+
+def _json_file(path: Path, field: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a ValueError naming ``field`` otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{field}: no file {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{field}: {path} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{field}: {path} holds no JSON object")
+    return value
+
+
 def _response_format(value: dict[str, Any] | str, name: str, defs_dir: Path) -> dict[str, Any]:
     """A ``response_format`` object from an inline value or a ``.json`` file; a bare JSON
     schema is wrapped as a strict ``json_schema`` format named after the pipeline.
@@ -463,15 +526,7 @@ def _response_format(value: dict[str, Any] | str, name: str, defs_dir: Path) -> 
         'insights'
     """
     if isinstance(value, str):
-        path = defs_dir / value
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"response_format: no file {path}") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"response_format: {path} is not JSON ({error})") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"response_format: {path} holds no JSON object")
+        value = _json_file(defs_dir / value, "response_format")
     if value.get("type") in _RESPONSE_FORMAT_TYPES:
         return value
     return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": value}}
