@@ -174,6 +174,17 @@ def test_response_model_refuses_what_does_not_go_with_it():
             _frame(1), prompt_column="text", model="m", endpoint="/v1/completions",
             response_model=Insight,
         )  # fmt: skip
+    from dagster_inference_batch import build_inference_batch_assets
+
+    with pytest.raises(ValueError, match="retry_invalid_output=True needs a response_model"):
+        build_inference_batch_assets(
+            "x", upstream="up", prompt_column="text", model="m", retry_invalid_output=True
+        )
+    with pytest.raises(ValueError, match="response_model or parse_content, not both"):
+        build_inference_batch_assets(
+            "x", upstream="up", prompt_column="text", model="m", response_model=Insight,
+            parse_content=orjson.loads,
+        )  # fmt: skip
     with pytest.raises(ValueError, match="not a valid JSON schema"):
         StructuredOutput({"type": "object", "properties": {"a": {"type": "nope"}}})
     with pytest.raises(TypeError, match="Pydantic model class or a JSON schema dict"):
@@ -311,3 +322,37 @@ def test_without_the_retry_the_check_warns_and_the_summary_counts_by_error(batch
     check = _checks(harness.collect_runs[-1])[f"{NAME}_results_valid_output"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["invalid_output_rows"].value == invalid
+
+
+# ------------------------------------------------------------------ component
+
+
+def test_the_component_takes_a_model_path_or_a_schema_file(tmp_path):
+    from dagster_inference_batch.components.inference_batch.component import (
+        InferenceBatchComponent,
+        ResourceModel,
+    )
+
+    (tmp_path / "insight.json").write_text(orjson.dumps(INSIGHT_SCHEMA).decode())
+    common = {
+        "name": "insights", "upstream": dg.AssetKey("reviews"), "prompt_column": "text",
+        "llm_model": "m", "resource": ResourceModel(use_local_server=True),
+    }  # fmt: skip
+    by_path = InferenceBatchComponent(
+        **common, response_model="tests.test_structured_output:Insight",
+        retry_invalid_output=True, max_invalid_output_rate=0.1,
+    ).build_pipeline()  # fmt: skip
+    by_file = InferenceBatchComponent(**common, response_model="insight.json").build_pipeline(
+        tmp_path
+    )
+
+    assert by_path.spec.requests.structured.model is Insight
+    assert by_path.spec.limits.retry_invalid_output
+    assert by_file.spec.requests.structured.schema == INSIGHT_SCHEMA
+    for pipeline in (by_path, by_file):
+        assert "insights_results_valid_output" in {s.name for s in pipeline.check_specs}
+        assert pipeline.spec.requests.structured.column_types().keys() == EXPECTED_DTYPES.keys()
+    with pytest.raises(ValueError, match="give response_model or parse_content, not both"):
+        InferenceBatchComponent(**common, response_model="insight.json", parse_content="json")
+    with pytest.raises(ValueError, match="cannot import"):
+        InferenceBatchComponent(**common, response_model="tests.nowhere.Model").build_pipeline()
