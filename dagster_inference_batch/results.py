@@ -83,6 +83,7 @@ _INT_COLUMNS = frozenset(
 # What one line yields, in this order; ``embedding`` becomes a column only when present.
 _LINE_FIELDS = [*RESULT_COLUMNS[:10], "status_code", EMBEDDING_COLUMN]
 _BLOCK_BYTES = 16 << 20
+_ROW = "__parsed_row"  # a parsed line's position, carried through the join
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
 def _parsed(files: Sequence[ResultFile], structured: StructuredOutput | None) -> pa.Table:
     """``_parse_table``, then the answers that do not validate made ``invalid_output``."""
     table = _parse_table(files)
-    return table if structured is None else structured.mark_invalid(table)
+    return table if structured is None else structured.mark_invalid(table)[0]
 
 
 def parse_result_files(
@@ -338,7 +339,15 @@ def collect_results(
         ['missing']
     """
     wanted = list(custom_ids)
-    joined = to_frame(join_table(_parsed(files, structured), wanted))
-    if structured is not None:
-        joined = structured.add_columns(joined)
-    return with_inputs(joined, wanted, inputs, id_column)
+    table = _parse_table(files)
+    if structured is None:
+        return with_inputs(to_frame(join_table(table, wanted)), wanted, inputs, id_column)
+    table, values = structured.mark_invalid(table)  # validated before the merge
+    table = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
+    joined = join_table(table, wanted)
+    rows = joined[_ROW].to_pylist()
+    frame = structured.add_columns(
+        to_frame(joined.drop_columns([_ROW])),
+        [None if row is None else values[row] for row in rows],
+    )
+    return with_inputs(frame, wanted, inputs, id_column)
