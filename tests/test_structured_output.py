@@ -286,9 +286,13 @@ def test_the_sensor_retries_invalid_answers_and_they_end_valid(batch_server, ins
     server = batch_server(invalid_output_rate=INVALID_RATE, seed=RETRY_SEED)
     harness = Harness(
         instance, server.base_url, rows=RETRY_ROWS, response_model=Insight,
-        retry_invalid_output=True, max_attempts=2,
+        retry_invalid_output=True, max_attempts=2, results_wait_seconds=30,
     )  # fmt: skip
-    harness.submit()
+    keys = harness.pipeline
+    first = harness.materialize(keys.input_file_key, keys.batch_key, keys.results_key)
+    assert not first.asset_materializations_for_node(f"{NAME}_results")  # the retry is due
+    logs = [entry.user_message for entry in instance.all_logs(first.run_id)]
+    assert any("answers did not validate: the sensor" in message for message in logs)
     harness.tick_until(harness.results_done)
 
     batches = harness.materializations(harness.pipeline.batch_key)
