@@ -390,15 +390,15 @@ def test_dg_scaffolds_a_defs_yaml_that_checks_on_a_new_project(project):
 def test_dg_check_refuses_a_bad_value_naming_the_field_and_the_file(project):
     defs_yaml = project / "src" / "yaml_project" / "defs" / "review_insights" / "defs.yaml"
     lines = defs_yaml.read_text().splitlines()
-    line = lines.index("  sensor_interval_seconds: 30") + 1
-    lines[line - 1] = "  sensor_interval_seconds: soon"
+    line = lines.index("  group_name: reviews") + 1
+    lines.insert(line, "  parse_content: yaml")  # the next line
     defs_yaml.write_text("\n".join(lines))
     checked = dg_cli(project, "check", "defs")
 
     assert checked.returncode != 0
     output = checked.stdout + checked.stderr
-    assert f"review_insights/defs.yaml:{line} - attributes.sensor_interval_seconds" in output
-    assert "Input should be a valid integer" in output
+    assert f"review_insights/defs.yaml:{line + 1} - attributes.parse_content" in output
+    assert "Input should be 'json'" in output
 
 
 def iter_causes(error: BaseException | None) -> Iterator[BaseException]:
