@@ -312,6 +312,13 @@ def valid_output_checks(spec: InferenceBatchSpec) -> list[dg.AssetChecksDefiniti
 
     Returns:
         The check, in a list.
+
+    Example:
+        >>> from dagster_inference_batch.spec import RequestOptions
+        >>> spec = InferenceBatchSpec(name="llm", upstream_key=dg.AssetKey("prompts"),
+        ...     requests=RequestOptions(prompt_column="p", response_model={"type": "object"}))
+        >>> [next(iter(c.check_specs)).name for c in valid_output_checks(spec)]
+        ['llm_results_valid_output']
     """
     if spec.requests.structured is None:
         return []

@@ -55,6 +55,10 @@ class Problem(NamedTuple):
 
     ``kind`` is ``not_json`` for an answer that does not parse, else the validator's
     name for the rule broken (Pydantic's error type, or the JSON schema rule: ``required``, ``enum``, ``type``, ...).
+
+    Example:
+        >>> str(Problem("$.mood", "enum", "Input should be 'happy' or 'sad'"))
+        "$.mood: Input should be 'happy' or 'sad'"
     """
 
     path: str
@@ -259,6 +263,15 @@ class StructuredOutput:
         Returns:
             The table with those rows' status and error set, and per row the valid
             answer's value (None for the other rows).
+
+        Example:
+            >>> out = StructuredOutput({"type": "object", "required": ["a"]})
+            >>> table = pa.table({"status": ["succeeded", "succeeded"],
+            ...     "content": ['{"a": 1}', "{}"], "error_code": pa.array([None, None], pa.string()),
+            ...     "error_message": pa.array([None, None], pa.string())})
+            >>> marked, values = out.mark_invalid(table)
+            >>> marked["status"].to_pylist(), marked["error_code"].to_pylist(), values
+            (['succeeded', 'invalid_output'], [None, 'invalid_output:required'], [{'a': 1}, None])
         """
         parsed = [
             self.parse(content) if state == "succeeded" else (None, None)
