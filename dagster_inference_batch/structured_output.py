@@ -54,7 +54,8 @@ class Problem(NamedTuple):
     """Why an answer is invalid: where (a JSON path), what kind, and the message.
 
     ``kind`` is ``not_json`` for an answer that does not parse, else the validator's
-    name for the rule broken (Pydantic's error type, or the JSON schema rule: ``required``, ``enum``, ``type``, ...).
+    name for the rule broken (Pydantic's error type, or the JSON schema rule:
+    ``required``, ``enum``, ``type``, ...).
 
     Example:
         >>> str(Problem("$.mood", "enum", "Input should be 'happy' or 'sad'"))
