@@ -238,13 +238,17 @@ class ProviderCalls:
         size = -(-len(newest_first) // slices)
         parts = [newest_first[i : i + size] for i in range(0, len(newest_first), size)]
         starts = [None] + [part[-1][0] for part in parts[:-1]]
+        # a slice but the last ends at its own last id; created_at is only roughly in
+        # listing order (batches created at once), so only the last stops on it
+        oldest = [None] * (len(parts) - 1) + [created_since]
         with ThreadPoolExecutor(len(parts)) as pool:
             scans = pool.map(
-                lambda part, after: self._scan_listing(
-                    wanted, {i for i, _ in part}, after, min(c for _, c in part), deadline
+                lambda part, after, since: self._scan_listing(
+                    wanted, {i for i, _ in part}, after, since, deadline
                 ),
                 parts,
                 starts,
+                oldest,
             )
             return {k: v for scan in scans for k, v in scan.items()}
 
