@@ -97,6 +97,7 @@ class PostgresServer:
             "  class: QueuedRunCoordinator\n"
             "  config:\n"
             f"    max_concurrent_runs: {max_concurrent_runs}\n"
+            "    dequeue_interval_seconds: 1\n"
             "telemetry:\n"
             "  enabled: false\n"
         )
