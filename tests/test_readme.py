@@ -10,8 +10,13 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def fenced_blocks(document: Path = README, language: str = "python") -> list[str]:
+    """The code blocks fenced as `language` in `document`, in order."""
+    return re.findall(rf"```{language}\n(.*?)```", document.read_text(), flags=re.S)
+
+
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return fenced_blocks(README, "python")
 
 
 def test_use_it_without_dagster_example_runs(tmp_path, monkeypatch):
