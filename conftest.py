@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _pytest.doctest import DoctestItem
 
-pytest_plugins = ["tests.server_fixtures"]
+pytest_plugins = ["tests.server_fixtures", "tests.postgres_fixtures", "tests.s3_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """Demo code location: product reviews turned into structured insights by a Batch API.
 
 ``reviews`` (package data) -> ``review_insights_*`` (input file, batch, results: one
-row per review with sentiment, topics and a one-line summary) -> the per-product
-``review_sentiment_summary``. Launch ``review_insights_daily`` (or materialize
+row per review with sentiment, topics and a one-line summary, typed columns from the
+``ReviewInsight`` model) -> the per-product ``review_sentiment_summary``. Launch ``review_insights_daily`` (or materialize
 everything) in the UI; the sensor collects the results when the batch is done and the
 summary follows by itself.
 
@@ -11,37 +11,30 @@ With ``INFERENCE_API_KEY`` set the requests go to Inference.net (or to
 server (``use_local_server=True``), whose answers are synthetic and say so in metadata.
 """
 
-import json
 import os
 from collections import Counter
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
+from pydantic import BaseModel, Field
 
 from dagster_inference_batch import InferenceBatchResource, build_inference_batch_assets
 
 MODEL = os.environ.get("REVIEW_INSIGHTS_MODEL", "meta-llama/llama-3.1-8b-instruct/fp-8")
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("REVIEW_INSIGHTS_SENSOR_INTERVAL", "30"))
 SENTIMENTS = ["positive", "neutral", "negative"]
-INSIGHT_FORMAT = {
-    "type": "json_schema",
-    "json_schema": {
-        "name": "review_insight",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {
-                "sentiment": {"type": "string", "enum": SENTIMENTS},
-                "topics": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
-                "summary": {"type": "string", "description": "one line, at most 15 words"},
-            },
-            "required": ["sentiment", "topics", "summary"],
-            "additionalProperties": False,
-        },
-    },
-}
+
+
+class ReviewInsight(BaseModel):
+    """What the model answers for one review; its fields become typed result columns."""
+
+    sentiment: Literal["positive", "neutral", "negative"]
+    topics: list[str] = Field(max_length=4, description="up to four short topics")
+    summary: str = Field(description="one line, at most 15 words")
+
+
 SYSTEM_PROMPT = (
     "You read one customer review of a product and answer in JSON: the reviewer's "
     "sentiment, up to four short topics the review is about (e.g. 'battery life', "
@@ -79,10 +72,11 @@ review_insights = build_inference_batch_assets(
     id_column="review_id",
     messages=review_messages,
     model=MODEL,
-    body_params={"max_tokens": 200, "temperature": 0, "response_format": INSIGHT_FORMAT},
-    parse_content=json.loads,
+    body_params={"max_tokens": 200, "temperature": 0},
+    response_model=ReviewInsight,
     sensor_interval_seconds=SENSOR_INTERVAL_SECONDS,
     group_name="reviews",
+    schedule="0 6 * * *",  # review_insights_schedule: submits at 06:00 once switched on
 )
 
 
@@ -97,8 +91,8 @@ def review_sentiment_summary(review_insights_results: pd.DataFrame) -> dg.Output
     answered = review_insights_results[review_insights_results["status"] == "succeeded"]
     rows = []
     for product, group in answered.groupby("product", sort=True):
-        sentiments = group["sentiment"].value_counts()
-        topics = Counter(t for ts in group["topics"] if isinstance(ts, list) for t in ts)
+        sentiments = group["sentiment"].value_counts()  # a categorical: every sentiment
+        topics = Counter(group["topics"].explode().dropna())  # lists of strings (Arrow)
         rows.append(
             {
                 "product": product,
@@ -134,13 +128,6 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         assets=[reviews, review_sentiment_summary],
         jobs=[review_insights_daily],
-        schedules=[
-            dg.ScheduleDefinition(
-                name="review_insights_daily_schedule",
-                job=review_insights_daily,
-                cron_schedule="0 6 * * *",
-            )
-        ],
         sensors=[
             dg.AutomationConditionSensorDefinition(
                 "review_insights_automation",

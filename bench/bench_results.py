@@ -15,15 +15,13 @@ Ours and the baseline must agree on the status and on content and tokens at a sa
 rows. Bars (issue 13): ours >= 8x faster than the baseline, <= 0.25x its peak RSS, and
 <= 2x the raw parse's time.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_results.py [--quick]
+    python bench/run.py --only bench_results [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import itertools
-import json
 import time
 from typing import Any
 
@@ -178,15 +176,3 @@ def run(quick: bool) -> list[BenchRow]:
             },
         ),
     ]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for row in run(args.quick):
-        print(json.dumps(row.to_json()))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,13 +7,11 @@ folder, in its own process (``common.measure_in_subprocess``). The dataset is th
 checked: one row per id, the status counts of the summary. Bar (issue 13): peak RSS
 under 1 GB.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_stream.py [--quick]
+    python bench/run.py --only bench_stream [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -80,14 +78,3 @@ def run(quick: bool) -> list[BenchRow]:
             },
         )
     ]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    for row in run(parser.parse_args().quick):
-        print(json.dumps(row.to_json()))
-
-
-if __name__ == "__main__":
-    main()

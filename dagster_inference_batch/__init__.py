@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from .client import InferenceBatchClient
     from .components import InferenceBatchComponent
     from .cost_estimate import BudgetExceeded
+    from .on_time_check import OnTimeOptions
     from .request_lines import EncodedRequests, build_requests
     from .resource import InferenceBatchResource
     from .results_stream import ResultsDataset
+    from .schedules import ScheduleOptions
 
 _LAZY_NAMES = {
     "InferenceBatchClient": ".client",
@@ -42,6 +44,8 @@ _LAZY_NAMES = {
     "AnswerStore": ".answer_store",
     "InferenceBatchComponent": ".components",
     "ResultsDataset": ".results_stream",
+    "OnTimeOptions": ".on_time_check",
+    "ScheduleOptions": ".schedules",
 }
 
 __all__ = [
@@ -58,9 +62,11 @@ __all__ = [
     "InferenceBatchDefinitions",
     "InferenceBatchResource",
     "InvalidBatchInput",
+    "OnTimeOptions",
     "PartialCreateError",
     "ProviderNotConfigured",
     "ResultsDataset",
+    "ScheduleOptions",
     "build_inference_batch_assets",
     "build_requests",
 ]

@@ -26,8 +26,10 @@ from .checks import build_results_checks
 from .content import ContentParser
 from .metadata import batch_metadata, incremental_metadata, input_file_metadata
 from .metadata_set import InferenceBatchMetadataSet
+from .on_time_check import OnTimeOptions, on_time_spec, submitted_result
 from .request_lines import CHAT_ENDPOINT
 from .results_asset import build_results_asset
+from .schedules import ScheduleLike, build_submit_schedule, schedule_options
 from .sensor import build_sensor
 from .spec import (
     DEFAULT_BUDGET_SECONDS,
@@ -41,7 +43,9 @@ from .spec import (
     upstream_key_of,
 )
 from .state import latest_job, partition_of
+from .structured_output import DEFAULT_RETRY_PROMPT_SUFFIX
 from .supersede import cancel_superseded_batches, recorded_job
+from .valid_output_check import build_valid_output_check
 
 # What ``dg.define_asset_job`` returns. Dagster resolves it to a ``dg.JobDefinition``
 # when the ``Definitions`` are built and does not export its class.
@@ -60,6 +64,7 @@ class InferenceBatchDefinitions:
         submit_job: ``<name>_submit``.
         collect_job: ``<name>_collect``.
         cancel_job: ``<name>_cancel``.
+        schedule: ``<name>_schedule``, with a ``schedule`` argument.
 
     Example:
         >>> @dg.asset
@@ -81,6 +86,7 @@ class InferenceBatchDefinitions:
     submit_job: AssetJob
     collect_job: AssetJob
     cancel_job: dg.JobDefinition
+    schedule: dg.ScheduleDefinition | None = None
 
     @property
     def name(self) -> str:
@@ -90,7 +96,8 @@ class InferenceBatchDefinitions:
     @property
     def check_specs(self) -> list[dg.AssetCheckSpec]:
         """The specs of ``asset_checks``: ``<name>_results_complete`` (blocking) and
-        ``<name>_results_failure_rate``."""
+        ``<name>_results_failure_rate``. (``<name>_batch_on_time`` is declared on the
+        batch asset itself: see ``on_time_check``.)"""
         return [spec for check in self.asset_checks for spec in check.check_specs]
 
     @property
@@ -116,7 +123,7 @@ class InferenceBatchDefinitions:
 
     @property
     def defs(self) -> dg.Definitions:
-        """Assets, asset checks, sensor and jobs as one ``dg.Definitions``.
+        """Assets, asset checks, sensor, jobs and schedule as one ``dg.Definitions``.
 
         Resources are the caller's: bind an ``InferenceBatchResource`` under the
         pipeline's resource key.
@@ -126,6 +133,7 @@ class InferenceBatchDefinitions:
             asset_checks=self.asset_checks,
             sensors=[self.sensor],
             jobs=self.jobs,
+            schedules=[self.schedule] if self.schedule is not None else None,
         )
 
 
@@ -160,9 +168,9 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     def input_file(
         context: dg.AssetExecutionContext, config: InputFileConfig, upstream: pd.DataFrame
     ) -> dg.MaterializeResult:
-        encoded = spec.requests.build(upstream)
-        partition = partition_of(context)
         resource = spec.resource(context)
+        encoded = spec.requests.build(upstream, resource.provider)
+        partition = partition_of(context)
         with resource.get_client(upload_queue=spec.upload_queue(context, partition)) as client:
             job = client.upload(
                 encoded,
@@ -195,7 +203,9 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     """``<name>_batch``: create one batch per uploaded file and record the ``BatchJob``.
 
     With ``cancel_superseded``, a job for the partition with other rows cancels the
-    batches its previous job still runs (``inference_batch/superseded``).
+    batches its previous job still runs (``inference_batch/superseded``). With
+    ``spec.on_time``, it declares ``<name>_batch_on_time`` (passed on submission; the
+    sensor evaluates it as it refreshes the job).
 
     Args:
         spec: The pipeline.
@@ -204,9 +214,11 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
         The asset.
     """
     input_file_key, batch_key = spec.input_file_key, spec.batch_key
+    check_specs = [on_time_spec(spec.qualified_name, batch_key)] if spec.on_time else []
 
     @dg.asset(
         deps=[input_file_key],
+        check_specs=check_specs or None,
         **{
             "description": "Provider batches running the uploaded request lines; metadata "
             "holds the BatchJob, observations plot progress.",
@@ -244,7 +256,8 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
                 **InferenceBatchMetadataSet(
                     idempotency=client.idempotency, superseded=superseded or None
                 ).to_metadata(),
-            }
+            },
+            check_results=[submitted_result(spec.qualified_name)] if check_specs else None,
         )
 
     return batch
@@ -273,18 +286,50 @@ def build_pipeline(spec: InferenceBatchSpec) -> InferenceBatchDefinitions:
     return InferenceBatchDefinitions(
         spec=spec,
         assets=[build_input_file_asset(spec), build_batch_asset(spec), build_results_asset(spec)],
-        asset_checks=build_results_checks(
-            spec.name,
-            results_key=spec.results_key,
-            batch_key=spec.batch_key,
-            partitions_def=spec.partitions_def,
-            max_failure_rate=spec.limits.max_failure_rate,
-        ),
+        asset_checks=[
+            *build_results_checks(
+                spec.name,
+                results_key=spec.results_key,
+                batch_key=spec.batch_key,
+                partitions_def=spec.partitions_def,
+                max_failure_rate=spec.limits.max_failure_rate,
+            ),
+            *valid_output_checks(spec),
+        ],
         sensor=build_sensor(spec),
         submit_job=submit_job,
         collect_job=collect_job,
         cancel_job=build_cancel_job(spec),
+        schedule=build_submit_schedule(spec, spec.schedule, submit_job) if spec.schedule else None,
     )
+
+
+def valid_output_checks(spec: InferenceBatchSpec) -> list[dg.AssetChecksDefinition]:
+    """``<name>_results_valid_output`` for a pipeline with a ``response_model``, else none.
+
+    Args:
+        spec: The pipeline.
+
+    Returns:
+        The check, in a list.
+
+    Example:
+        >>> from dagster_inference_batch.spec import RequestOptions
+        >>> spec = InferenceBatchSpec(name="llm", upstream_key=dg.AssetKey("prompts"),
+        ...     requests=RequestOptions(prompt_column="p", response_model={"type": "object"}))
+        >>> [next(iter(c.check_specs)).name for c in valid_output_checks(spec)]
+        ['llm_results_valid_output']
+    """
+    if spec.requests.structured is None:
+        return []
+    return [
+        build_valid_output_check(
+            spec.name,
+            results_key=spec.results_key,
+            partitions_def=spec.partitions_def,
+            max_invalid_rate=spec.limits.max_invalid_output_rate,
+        )
+    ]
 
 
 def build_inference_batch_assets(
@@ -313,6 +358,10 @@ def build_inference_batch_assets(
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS,
     incremental: bool = True,
     max_cost_usd: float | None = None,
+    response_model: Any = None,
+    retry_invalid_output: bool = False,
+    retry_prompt_suffix: str | None = DEFAULT_RETRY_PROMPT_SUFFIX,
+    max_invalid_output_rate: float = 0.02,
     group_name: str | None = None,
     key_prefix: str | Sequence[str] | None = None,
     owners: Sequence[str] | None = None,
@@ -320,6 +369,9 @@ def build_inference_batch_assets(
     asset_spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     results_format: str = "dataframe",
     results_location: str | None = None,
+    schedule: ScheduleLike | None = None,
+    on_time: OnTimeOptions | bool = True,
+    results_freshness: bool = True,
 ) -> InferenceBatchDefinitions:
     """Assets, checks, a sensor and jobs that run ``upstream``'s rows through a Batch API.
 
@@ -359,6 +411,17 @@ def build_inference_batch_assets(
             config of ``<name>_input_file`` to send every row.
         max_cost_usd: Refuse, before anything is uploaded, a job whose worst-case cost
             estimate is above it.
+        response_model: A Pydantic (v2) model class or a JSON schema dict: each request
+            asks for JSON of that shape (``response_format`` from it, as the resource's
+            provider takes it), each answer is validated (``invalid_output`` when it is
+            not JSON or does not validate) and its fields become typed columns of
+            ``<name>_results``; adds the check ``<name>_results_valid_output``. Not with
+            ``parse_content``.
+        retry_invalid_output: The sensor resubmits the ``invalid_output`` rows as a new
+            attempt, within ``max_attempts`` (costs another request per row).
+        retry_prompt_suffix: Added to a retried row's prompt (None: resent as it was).
+        max_invalid_output_rate: Share of ``invalid_output`` rows above which
+            ``<name>_results_valid_output`` warns.
         group_name: The asset group of the pipeline's assets.
         key_prefix: Put before the three asset keys (a string or its parts); the jobs'
             and the sensor's names take it too, joined by ``__``.
@@ -373,6 +436,16 @@ def build_inference_batch_assets(
         results_location: Where ``parquet_dataset`` results go: a local path or an
             fsspec URL such as ``s3://bucket/prefix`` (default: the Dagster instance's
             storage directory).
+        schedule: A cron string (``"0 6 * * *"``) or ``ScheduleOptions`` (cron, timezone,
+            default status, static partitions to submit): adds ``<name>_schedule`` for
+            ``<name>_submit``, stopped by default. Time-window partitions: each tick
+            submits the partition that just closed; static and dynamic: those not yet
+            submitted.
+        on_time: ``<name>_batch_on_time`` on ``<name>_batch``, evaluated by the sensor:
+            True (default thresholds: WARN at 75% of the completion window, ERROR an
+            hour past it), ``OnTimeOptions``, or False for no check.
+        results_freshness: With a schedule, a freshness policy on ``<name>_results``:
+            due a schedule gap plus the completion window after the last one.
 
     Returns:
         The pipeline's definitions; ``.defs`` merges them into a code location.
@@ -380,8 +453,9 @@ def build_inference_batch_assets(
     Raises:
         ValueError: Not exactly one of ``prompt_column``, ``messages`` and
             ``body_column``; ``max_attempts`` below 1; a negative progress step or
-            ``max_cost_usd``; an override of an unknown asset or argument; an unknown
-            ``results_format``, or ``parquet_dataset`` with ``parse_content``.
+            ``max_cost_usd``; an override of an unknown asset or argument; an invalid
+            cron string or schedule option; an unknown ``results_format``, or
+            ``parquet_dataset`` with ``parse_content`` or ``response_model``.
 
     Example:
         >>> @dg.asset
@@ -414,6 +488,7 @@ def build_inference_batch_assets(
             body_column=body_column,
             system_prompt=system_prompt,
             body_params=body_params,
+            response_model=response_model,
         ),
         limits=PipelineLimits(
             max_attempts=max_attempts,
@@ -427,6 +502,9 @@ def build_inference_batch_assets(
             progress_step_seconds=progress_step_seconds,
             incremental=incremental,
             max_cost_usd=max_cost_usd,
+            retry_invalid_output=retry_invalid_output,
+            retry_prompt_suffix=retry_prompt_suffix,
+            max_invalid_output_rate=max_invalid_output_rate,
         ),
         parse_content=parse_content,
         partitions_def=partitions_def,
@@ -438,5 +516,8 @@ def build_inference_batch_assets(
         asset_spec_overrides=dict(asset_spec_overrides or {}),
         results_format=results_format,
         results_location=results_location,
+        schedule=schedule_options(schedule),
+        on_time=OnTimeOptions() if on_time is True else on_time or None,
+        results_freshness=results_freshness,
     )
     return build_pipeline(spec)

@@ -47,6 +47,7 @@ from .request_lines import EncodedRequests, encode_requests
 from .resubmission import leftover_requests
 from .results_stream import ResultsDataset
 from .retries import DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, RetryPolicy
+from .structured_output import structured_output
 from .upload_pacing import (
     DEFAULT_MAX_UPLOAD_WAIT_SECONDS,
     UploadPacer,
@@ -242,7 +243,9 @@ class InferenceBatchClient:
             >>> client.estimate(lines).worst_output_tokens
             10
         """
-        prices = {m: resolve_prices(self.profile.name, m, *self._prices) for m in requests.models}
+        prices = {
+            m: resolve_prices(self.profile.name, m, *self._prices) for m in set(requests.models)
+        }
         return estimate_cost(requests, prices)
 
     @property
@@ -772,7 +775,12 @@ class InferenceBatchClient:
     # ------------------------------------------------------------------- results
 
     def results(
-        self, job: BatchJob, inputs: pd.DataFrame | None = None, *, id_column: str = "custom_id"
+        self,
+        job: BatchJob,
+        inputs: pd.DataFrame | None = None,
+        *,
+        id_column: str = "custom_id",
+        response_model: Any = None,
     ) -> pd.DataFrame:
         """One row per request, joined by custom_id across every shard and attempt.
 
@@ -780,11 +788,18 @@ class InferenceBatchClient:
             job: A final job.
             inputs: The rows the requests were built from; their columns are added.
             id_column: The column of ``inputs`` holding the custom_ids.
+            response_model: A Pydantic model class or a JSON schema dict: each answer is
+                validated (one that is not JSON or does not validate is
+                ``invalid_output``, the first problem with its JSON path in
+                ``error_message``; a valid answer of any attempt beats it), and the
+                fields of the valid answers become typed columns, before the input
+                columns (see ``structured_output``).
 
         Returns:
-            ``custom_id``, ``status`` (``succeeded``, ``failed``, ``expired``,
-            ``cancelled`` or ``missing``), ``content``, token counts, ``batch_id``,
-            ``attempt`` and more; one row per request, in the requests' order.
+            ``custom_id``, ``status`` (``succeeded``, ``invalid_output``, ``failed``,
+            ``expired``, ``cancelled`` or ``missing``), ``content``, token counts,
+            ``batch_id``, ``attempt`` and more; one row per request, in the requests'
+            order.
 
         Raises:
             BatchFailedError: A batch of the latest attempt failed (with the
@@ -799,7 +814,12 @@ class InferenceBatchClient:
         """
         store = self.answer_store if job.manifest else None
         frame = job_results.job_results(
-            self._provider, job, inputs, id_column=id_column, answer_store=store
+            self._provider,
+            job,
+            inputs,
+            id_column=id_column,
+            answer_store=store,
+            structured=structured_output(response_model),
         )
         if self.delete_files_after_results:
             self.delete_files(job)
@@ -905,6 +925,8 @@ class InferenceBatchClient:
         webhook_url: str | None = None,
         output_expires_after: dict[str, Any] | None = None,
         ledger: Ledger | None = None,
+        response_model: Any = None,
+        retry_prompt_suffix: str | None = None,
     ) -> BatchJob:
         """Start a new attempt holding only what expired, was cancelled or is missing.
 
@@ -917,6 +939,11 @@ class InferenceBatchClient:
             webhook_url: Where the provider should POST when a batch ends.
             output_expires_after: When the output file expires (see ``create``).
             ledger: The caller's record of uploads and batches.
+            response_model: Also resubmit the requests whose best answer so far does
+                not validate against this model or schema (``invalid_output``).
+            retry_prompt_suffix: Added to the prompt of those (for instance
+                ``structured_output.DEFAULT_RETRY_PROMPT_SUFFIX``); None resubmits their
+                lines as they were.
 
         Returns:
             The job with the new attempt's shards, or ``job`` unchanged when nothing is
@@ -934,7 +961,13 @@ class InferenceBatchClient:
         """
         if not job.is_final:
             raise BatchAPIError(f"job {job.idempotency_key} is still {job.status}")
-        remainder = leftover_requests(self._provider, job, include_failed=include_failed)
+        remainder = leftover_requests(
+            self._provider,
+            job,
+            include_failed=include_failed,
+            invalid_output=structured_output(response_model),
+            prompt_suffix=retry_prompt_suffix,
+        )
         if remainder is None:
             return job
         new_job = copy_job(job)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from .answer_store import AnswerStore, StoredAnswer
+from .answer_store import AnswerStore, StoredAnswer, answer_problem
 from .job_manifest import Manifest
 from .request_lines import EncodedRequests
 from .results import ResultFile
@@ -122,7 +122,7 @@ def answers_for_unsent(
     fresh = dict(_successful_answers(files, by_id))
     unsent = manifest.unsent()
     known = store.lookup({f for _, _, f in unsent if f not in fresh} | set(fresh))
-    store.put(answer for f, answer in fresh.items() if f not in known)
+    store.put((answer for f, answer in fresh.items() if f not in known), checked=True)
     lines: dict[str, list[bytes]] = defaultdict(list)
     from_store: list[str] = []
     for _, custom_id, fingerprint in unsent:
@@ -156,15 +156,12 @@ def _successful_answers(
                 if not line:
                     continue
                 record = orjson.loads(line)
-                fingerprint = fingerprints.get(str(record.get("custom_id")))
-                response = record.get("response") or {}
-                code = response.get("status_code")
-                if (
-                    fingerprint is None
-                    or record.get("error")
-                    or not (isinstance(code, int) and 200 <= code < 300)
-                ):
+                if answer_problem(record, line) is not None:
                     continue
+                fingerprint = fingerprints.get(str(record.get("custom_id")))
+                if fingerprint is None:
+                    continue
+                response = record["response"]
                 usage = (response.get("body") or {}).get("usage") or {}
                 yield (
                     fingerprint,

@@ -29,6 +29,7 @@ from .provider_calls import ProviderCalls
 from .result_join import mark_unanswered
 from .results import ResultFile, collect_results
 from .results_stream import ResultsDataset, write_results_dataset
+from .structured_output import StructuredOutput
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def job_results(
     *,
     id_column: str = "custom_id",
     answer_store: AnswerStore | None = None,
+    structured: StructuredOutput | None = None,
 ) -> pd.DataFrame:
     """One row per request of a final job (see ``InferenceBatchClient.results``).
 
@@ -91,6 +93,7 @@ def job_results(
         inputs: The rows the requests were built from.
         id_column: The column of ``inputs`` holding the custom_ids.
         answer_store: The store of an incremental job (one with a manifest).
+        structured: The answers' expected shape: validated, and typed columns added.
 
     Returns:
         One row per request.
@@ -101,7 +104,9 @@ def job_results(
     """
     with _job_files(provider, job, inputs, id_column, answer_store) as got:
         wanted = got.custom_ids.to_pylist()
-        frame = collect_results(got.files, wanted, inputs, id_column=id_column)
+        frame = collect_results(
+            got.files, wanted, inputs, id_column=id_column, structured=structured
+        )
         frame.insert(
             frame.columns.get_loc("status") + 1,
             "source",

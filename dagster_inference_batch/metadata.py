@@ -19,8 +19,10 @@ from .metadata_set import InferenceBatchMetadataSet
 from .request_lines import EncodedRequests
 from .results import STATUSES
 from .results_stream import ResultsDataset
-from .results_summary import PREVIEW_ROWS, ResultsSummary
+from .results_summary import failure_rate, results_summary
+from .results_tally import PREVIEW_ROWS, ResultsTally
 from .state import RecordedJob
+from .structured_output import invalid_output_summary
 
 KINDS = {"inference"}  # the kind tag every pipeline asset carries
 PREVIEW_CHARS = 160
@@ -213,21 +215,80 @@ def _progress(job: BatchJob) -> InferenceBatchMetadataSet:
     )
 
 
-def progress_metadata(job: BatchJob) -> dict[str, Any]:
-    """Status and numeric progress of the latest attempt, for a progress observation.
+def _pace(job: BatchJob, now: float) -> InferenceBatchMetadataSet:
+    """Requests per minute since the attempt's batches were created, and the ETA."""
+    counts = job.request_counts()
+    done, total = counts["completed"] + counts["failed"], counts["total"]
+    created = [s.created_at for s in job.current_shards if s.created_at]
+    elapsed = now - min(created) if created else 0.0
+    if not done or elapsed <= 0 or job.is_final:
+        return InferenceBatchMetadataSet()
+    per_minute = 60.0 * done / elapsed
+    eta_seconds = 60.0 * max(0, total - done) / per_minute
+    return InferenceBatchMetadataSet(
+        requests_per_minute=round(per_minute, 2),
+        eta=now + eta_seconds,
+        eta_seconds=round(eta_seconds, 1),
+    )
+
+
+def dashboard_metadata(job: BatchJob, dashboard_url: str | None) -> dict[str, Any]:
+    """Links to the provider's page of each batch of the latest attempt.
+
+    Args:
+        job: the job.
+        dashboard_url: the provider's page of a batch, ``{batch_id}`` standing for its id;
+            None when the provider has none (nothing is returned).
+
+    Returns:
+        ``inference_batch/dashboard_url`` (the first batch, a URL) and, with more than
+        one batch, ``inference_batch/dashboards`` (a markdown list of every batch).
+
+    Example:
+        >>> from dagster_inference_batch.batch_record import BatchShard
+        >>> shard = BatchShard(index=0, attempt=1, idempotency_key="k", file_id="f",
+        ...     request_count=1, bytes=9, sha256="s", batch_id="b1")
+        >>> job = BatchJob(endpoint="/v1/embeddings", idempotency_key="k", shards=[shard])
+        >>> dashboard_metadata(job, "https://example.com/batches/{batch_id}")
+        {'inference_batch/dashboard_url': UrlMetadataValue(url='https://example.com/batches/b1')}
+    """
+    ids = [s.batch_id for s in job.current_shards if s.batch_id]
+    if not dashboard_url or not ids:
+        return {}
+    links = [dashboard_url.format(batch_id=batch_id) for batch_id in ids]
+    listed = "\n".join(f"- [{i}]({link})" for i, link in zip(ids, links, strict=True))
+    return InferenceBatchMetadataSet(
+        dashboard_url=links[0], dashboards=listed if len(links) > 1 else None
+    ).to_metadata()
+
+
+def progress_metadata(
+    job: BatchJob, *, now: float | None = None, dashboard_url: str | None = None
+) -> dict[str, Any]:
+    """Status, numeric progress, pace and provider links of the latest attempt, for a
+    progress observation.
 
     Args:
         job: the job as last refreshed.
+        now: the time of the refresh (unix seconds); with it, the requests per minute
+            since the batches were created and the ETA at that pace, once any is done.
+        dashboard_url: the provider's page of a batch (see ``dashboard_metadata``).
 
     Returns:
-        ``inference_batch/`` status, attempt, completed, failed, total and percent.
+        ``inference_batch/`` status, attempt, completed, failed, total and percent, and
+        when known ``requests_per_minute``, ``eta``, ``eta_seconds`` and the links.
 
     Example:
         >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
         >>> progress_metadata(job)["inference_batch/percent"]
         0.0
     """
-    return _progress(job).to_metadata()
+    pace = _pace(job, now) if now is not None else InferenceBatchMetadataSet()
+    return {
+        **_progress(job).to_metadata(),
+        **pace.to_metadata(),
+        **dashboard_metadata(job, dashboard_url),
+    }
 
 
 def batch_metadata(job: BatchJob) -> dict[str, Any]:
@@ -271,21 +332,22 @@ def seconds_to_final(job: BatchJob) -> float | None:
     return max(0.0, round(max(finished) - job.submitted_at, 1))
 
 
-Results = pd.DataFrame | ResultsDataset | ResultsSummary
+Results = pd.DataFrame | ResultsDataset | ResultsTally
 
 
-def summary_of(results: Results) -> ResultsSummary:
+def summary_of(results: Results) -> ResultsTally:
     """The summary of a results table, the one a results dataset was written with, or
     ``results`` itself when it is one.
 
     Example:
         >>> summary_of(pd.DataFrame({"custom_id": ["a"], "status": ["missing"],
-        ...     "prompt_tokens": [None], "completion_tokens": [None]})).statuses["missing"]
+        ...     "prompt_tokens": [None], "completion_tokens": [None], "error_code": [None],
+        ...     "error_message": [None]})).statuses["missing"]
         1
     """
-    if isinstance(results, ResultsSummary):
+    if isinstance(results, ResultsTally):
         return results
-    return results.summary if isinstance(results, ResultsDataset) else ResultsSummary.of(results)
+    return results.summary if isinstance(results, ResultsDataset) else ResultsTally.of(results)
 
 
 def results_metadata(
@@ -303,7 +365,8 @@ def results_metadata(
         cost: the estimated cost in USD, or None without prices.
 
     Returns:
-        Row count, schema, counts per status, tokens, cost, time to final, the
+        Row count, schema, counts per status (invalid outputs also by error), tokens,
+        cost, failure rate, time to final, a markdown summary (``results_summary``), the
         embedding vectors' length (embeddings batches), a preview,
         the link to the batch materialization joined (``collected_storage_id`` and
         ``job_key``) and the number of rows the job submitted.
@@ -323,7 +386,10 @@ def results_metadata(
         preview=preview_table(head, [c for c in _PREVIEW_COLUMNS if c in head.columns]),
         seconds_to_final=elapsed,
         cost_usd=round(cost, 6) if cost is not None else None,
+        failure_rate=failure_rate(summary),
+        summary=results_summary(summary, job, summary.batch_tokens, cost),
         embedding_dimension=summary.embedding_dimension,
+        invalid_output_errors=invalid_output_summary(summary.invalid) or None,
     )
     return {
         "dagster/row_count": summary.rows,

@@ -35,10 +35,14 @@ _CHECKS: dict[str, Any] = {
     "json": lambda v: isinstance(v, dict | list),
     "timestamp": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     "table": lambda v: isinstance(v, dg.TableMetadataValue),
+    "url": lambda v: isinstance(v, str),
+    "md": lambda v: isinstance(v, str),
 }
 _WRAP: dict[str, Any] = {
     "json": dg.MetadataValue.json,
     "timestamp": lambda v: dg.MetadataValue.timestamp(float(v)),
+    "url": dg.MetadataValue.url,
+    "md": dg.MetadataValue.md,
 }
 
 
@@ -53,7 +57,8 @@ class InferenceBatchMetadataSet:
 
     Each field is one key, ``inference_batch/<field>``; fields left None are not
     written. JSON fields (``job``, ``batch_ids``, ...) are written as
-    ``MetadataValue.json``, ``expires_at`` as a timestamp, ``preview`` as a table.
+    ``MetadataValue.json``, ``expires_at`` and ``eta`` as timestamps, ``preview`` as a
+    table, ``dashboard_url`` as a URL, ``dashboards`` and ``summary`` as markdown.
 
     Example:
         >>> InferenceBatchMetadataSet(request_count=3, batch_ids=["b1"]).to_metadata()
@@ -67,6 +72,11 @@ class InferenceBatchMetadataSet:
     failed: int | None = _key("int", "requests (or result rows) failed")
     total: int | None = _key("int", "requests in the latest attempt")
     percent: float | None = _key("float", "share of the latest attempt done")
+    requests_per_minute: float | None = _key("float", "requests done per minute, this attempt")
+    eta: float | None = _key("timestamp", "when the attempt should be done, at this rate")
+    eta_seconds: float | None = _key("float", "seconds until then")
+    dashboard_url: str | None = _key("url", "the provider's page of the (first) batch")
+    dashboards: str | None = _key("md", "the provider's page of each batch in flight")
     # what was sent, and where
     request_count: int | None = _key("int", "request lines submitted")
     shard_count: int | None = _key("int", "files / batches the lines were split into")
@@ -81,6 +91,10 @@ class InferenceBatchMetadataSet:
     idempotency: str | None = _key("str", "how the batch lookup was made: listing/ledger/degraded")
     # results
     succeeded: int | None = _key("int", "result rows succeeded")
+    invalid_output: int | None = _key("int", "result rows whose answer did not validate")
+    invalid_output_errors: dict[str, int] | None = _key(
+        "json", "invalid_output rows by error (JSON path: kind)"
+    )
     expired: int | None = _key("int", "result rows expired")
     cancelled: int | None = _key("int", "result rows cancelled")
     missing: int | None = _key("int", "result rows with no answer line")
@@ -90,6 +104,8 @@ class InferenceBatchMetadataSet:
     attempts: int | None = _key("int", "attempts the results span")
     seconds_to_final: float | None = _key("float", "first submission to the last final state")
     cost_usd: float | None = _key("float", "cost of the tokens used, at the resource's prices")
+    failure_rate: float | None = _key("float", "share of result rows not succeeded")
+    summary: str | None = _key("md", "the results in words: statuses, errors, cost, attempts")
     # incremental runs and the cost estimate (input file, results)
     rows_reused: int | None = _key("int", "rows answered from the answer store")
     rows_sent: int | None = _key("int", "rows sent to the provider")

@@ -123,10 +123,14 @@ def listed_batches(
     if len(live) < LISTING_MIN_BATCHES or not provider.has_batch_listing():
         return {}
     created = [s.created_at for s in live]
+    known = None not in created
     return provider.find_listed_batches(
         {s.batch_id for s in live if s.batch_id},
-        created_since=None if None in created else min(c for c in created if c is not None),
+        created_since=min(c for c in created if c is not None) if known else None,
         deadline=time.monotonic() + seconds,
+        newest_first=sorted(((s.batch_id, s.created_at) for s in live), key=lambda b: -b[1])
+        if known
+        else (),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from .retries import RetryPolicy
 T = TypeVar("T")
 BATCH_LISTING = "GET /batches"
 FILE_LISTING = "GET /files"
+LISTING_PAGE = 100  # batches per listing call (the most providers allow)
 # A listing answered 404 is asked once more before it counts as absent; these answers
 # say "not offered" outright.
 NOT_OFFERED = (405, 501)
@@ -199,11 +200,16 @@ class ProviderCalls:
             after = page.data[-1].id
 
     def find_listed_batches(
-        self, batch_ids: Collection[str], *, created_since: int | None, deadline: float
+        self,
+        batch_ids: Collection[str],
+        *,
+        created_since: int | None,
+        deadline: float,
+        newest_first: Sequence[tuple[str, int]] = (),
     ) -> dict[str, Any]:
         """The batches of ``batch_ids`` found in the provider's listing, 100 per call.
 
-        The listing runs newest first, so it stops at the first batch created before
+        The listing runs newest first, so a scan stops at the first batch created before
         ``created_since`` (none of ``batch_ids`` can come after it), once every id was
         found, after reading twice as many batches as asked for plus a page (other
         batches of the account must not make it dearer than the retrieves it replaces),
@@ -211,25 +217,64 @@ class ProviderCalls:
         fails (logged). A listed batch that is not asked for is ignored; one not found
         is left for the caller to retrieve.
 
+        With ``newest_first`` (the wanted ``(id, created_at)``, newest first) over more
+        than two pages, the listing is read in up to ``concurrency`` slices at once: each
+        starts ``after`` the last id of the slice before it, so a full pass takes about
+        ``pages / concurrency`` round trips instead of ``pages``.
+
         Args:
             batch_ids: The batches wanted.
             created_since: The oldest ``created_at`` among them (unix seconds), if known.
             deadline: When to stop reading pages.
+            newest_first: The wanted batches' ids and ``created_at``, newest first.
 
         Returns:
             The provider's batch objects found, by id.
         """
-        wanted, found = set(batch_ids), {}
-        budget = 2 * len(wanted) + 100
+        wanted = set(batch_ids)
+        if len(newest_first) <= 2 * LISTING_PAGE or self.concurrency < 2:
+            return self._scan_listing(wanted, wanted, None, created_since, deadline)
+        slices = min(self.concurrency, -(-len(newest_first) // LISTING_PAGE))
+        size = -(-len(newest_first) // slices)
+        parts = [newest_first[i : i + size] for i in range(0, len(newest_first), size)]
+        starts = [None] + [part[-1][0] for part in parts[:-1]]
+        # a slice but the last ends at its own last id; created_at is only roughly in
+        # listing order (batches created at once), so only the last stops on it
+        oldest = [None] * (len(parts) - 1) + [created_since]
+        with ThreadPoolExecutor(len(parts)) as pool:
+            scans = pool.map(
+                lambda part, after, since: self._scan_listing(
+                    wanted, {i for i, _ in part}, after, since, deadline
+                ),
+                parts,
+                starts,
+                oldest,
+            )
+            return {k: v for scan in scans for k, v in scan.items()}
+
+    def _scan_listing(
+        self,
+        wanted: set[str],
+        own: set[str],
+        after: str | None,
+        created_since: int | None,
+        deadline: float,
+    ) -> dict[str, Any]:
+        """The batches of ``wanted`` listed from ``after`` on, until every one of ``own``
+        was seen or another stop of ``find_listed_batches``."""
+        found: dict[str, Any] = {}
+        left, budget = len(own), 2 * len(own) + LISTING_PAGE
         try:
-            for read, batch in enumerate(self.list_batches(limit=100), start=1):
+            listing = self.list_batches(limit=LISTING_PAGE, after=after)
+            for read, batch in enumerate(listing, start=1):
                 if batch.id in wanted:
                     found[batch.id] = batch
+                    left -= batch.id in own
                 created = getattr(batch, "created_at", None)
                 too_old = created_since is not None and created is not None
-                if len(found) == len(wanted) or (too_old and created < created_since):
+                if left == 0 or (too_old and created < created_since):
                     break
-                if read >= budget or (read % 100 == 0 and time.monotonic() >= deadline):
+                if read >= budget or (read % LISTING_PAGE == 0 and time.monotonic() >= deadline):
                     break
         except BatchAPIError as error:
             self.log.warning("%s: reading it one batch at a time instead", error)

@@ -40,6 +40,12 @@ class ProviderProfile:
         accepts_webhook_url: whether ``webhook_url`` may go in the create body.
         accepts_output_expires_after: whether ``output_expires_after`` may.
         upload_interval_seconds: the least time between two file uploads per key (0: none).
+        dashboard_url: the provider's web page of a batch, ``{batch_id}`` standing for its
+            id (None: the provider documents none).
+        structured_output: how a ``response_model`` is asked for: ``json_schema`` (the
+            schema in ``response_format``) or ``json_object`` (JSON mode, the schema in a
+            system message).
+        strict_json_schema: whether ``json_schema`` may carry ``strict: true``.
     """
 
     name: str
@@ -51,6 +57,26 @@ class ProviderProfile:
     accepts_webhook_url: bool
     accepts_output_expires_after: bool
     upload_interval_seconds: float
+    dashboard_url: str | None = None
+    structured_output: str = "json_schema"
+    strict_json_schema: bool = True
+
+    def dashboard_link(self, batch_id: str) -> str | None:
+        """The provider's web page of one batch, if it has one.
+
+        Args:
+            batch_id: The provider's batch id.
+
+        Returns:
+            The URL, or None.
+
+        Example:
+            >>> provider_profile("openai").dashboard_link("batch_1")
+            'https://platform.openai.com/batches/batch_1'
+            >>> provider_profile("compatible").dashboard_link("batch_1") is None
+            True
+        """
+        return self.dashboard_url.format(batch_id=batch_id) if self.dashboard_url else None
 
 
 PROFILES: dict[str, ProviderProfile] = {
@@ -75,6 +101,7 @@ PROFILES: dict[str, ProviderProfile] = {
         accepts_webhook_url=False,
         accepts_output_expires_after=True,
         upload_interval_seconds=0.0,
+        dashboard_url="https://platform.openai.com/batches/{batch_id}",
     ),
     "compatible": ProviderProfile(
         name="compatible",
@@ -86,6 +113,7 @@ PROFILES: dict[str, ProviderProfile] = {
         accepts_webhook_url=False,
         accepts_output_expires_after=False,
         upload_interval_seconds=0.0,
+        strict_json_schema=False,  # not every OpenAI-compatible server takes strict
     ),
 }
 DEFAULT_PROVIDER = "inference.net"

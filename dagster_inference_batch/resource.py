@@ -155,6 +155,30 @@ class InferenceBatchResource(dg.ConfigurableResource):
         profile = provider_profile(self.provider)
         return self._configured_url() or profile.base_url or f"{profile.name} (no base_url)"
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The provider's web page of a batch (``{batch_id}`` standing for its id).
+
+        Only for a provider whose profile has one and whose default base URL is used:
+        another server behind the same profile (or the local server) has no such page.
+
+        Returns:
+            The URL template, or None.
+
+        Example:
+            >>> InferenceBatchResource(provider="openai").dashboard_url
+            'https://platform.openai.com/batches/{batch_id}'
+            >>> InferenceBatchResource(use_local_server=True).dashboard_url is None
+            True
+        """
+        if self.use_local_server:
+            return None
+        profile = provider_profile(self.provider)
+        configured = self._configured_url()
+        if configured and configured.rstrip("/") != (profile.base_url or ""):
+            return None
+        return profile.dashboard_url
+
     def provider_metadata(self) -> dict[str, str]:
         """The provider as metadata, for every materialization.
 

@@ -50,10 +50,13 @@ def _table(frame: pd.DataFrame) -> pa.Table:
 
 def _best_first(table: pa.Table) -> np.ndarray:
     """Row positions ordered so that each custom_id's best row comes first: a success,
-    else the latest attempt, else the later row."""
+    else an answer that did not validate (``invalid_output``), else the latest attempt,
+    else the later row."""
     succeeded = pc.fill_null(pc.equal(table["status"], "succeeded"), False).to_numpy()
+    invalid = pc.fill_null(pc.equal(table["status"], "invalid_output"), False).to_numpy()
+    rank = 2 * succeeded.astype(np.int8) + invalid.astype(np.int8)
     attempt = pc.fill_null(table["attempt"], 0).to_numpy()
-    return np.lexsort((-np.arange(table.num_rows), -attempt, ~succeeded))
+    return np.lexsort((-np.arange(table.num_rows), -attempt, -rank))
 
 
 def _lookup(keys: Any, wanted: pa.Array) -> pa.Array:
@@ -190,17 +193,22 @@ def join_results(
 
 
 def leftover_custom_ids(
-    frame: pd.DataFrame, custom_ids: Sequence[str], include_failed: bool = False
+    frame: pd.DataFrame,
+    custom_ids: Sequence[str],
+    include_failed: bool = False,
+    include_invalid: bool = False,
 ) -> list[str]:
     """Requested ids still to run: merged status expired, cancelled or missing.
 
     With ``include_failed`` retryable failures join them: status code 408, 409, 429 or
-    5xx, or an error code such as ``rate_limit_exceeded`` or ``server_error``.
+    5xx, or an error code such as ``rate_limit_exceeded`` or ``server_error``. With
+    ``include_invalid`` so do answers that did not validate (``invalid_output``).
 
     Args:
         frame: Parsed rows of every attempt so far.
         custom_ids: The requested ids.
         include_failed: Also retryable failures.
+        include_invalid: Also ``invalid_output`` rows.
 
     Returns:
         The ids to run again, in ``custom_ids`` order.
@@ -215,6 +223,8 @@ def leftover_custom_ids(
     joined = join_results(frame, custom_ids)
     status = joined["status"]
     leftover = status.isin(["expired", "cancelled", "missing"])
+    if include_invalid:
+        leftover |= status == "invalid_output"
     if include_failed:
         code = pd.to_numeric(joined["status_code"], errors="coerce")
         retryable = (

@@ -44,6 +44,7 @@ from .result_join import (
     to_frame,
     with_inputs,
 )
+from .structured_output import StructuredOutput
 
 __all__ = [
     "CHUNK_SCHEMA",
@@ -76,7 +77,7 @@ RESULT_COLUMNS = [
     "attempt",
     "status_code",
 ]
-STATUSES = ("succeeded", "failed", "expired", "cancelled", "missing")
+STATUSES = ("succeeded", "invalid_output", "failed", "expired", "cancelled", "missing")
 
 _ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 _INT_COLUMNS = frozenset(
@@ -97,6 +98,7 @@ CHUNK_SCHEMA = pa.schema(
         for name in RESULT_COLUMNS[3:]
     ]
 )
+_ROW = "__parsed_row"  # a parsed line's position, carried through the join
 
 
 @dataclass(frozen=True)
@@ -401,16 +403,27 @@ def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
     return without_unused_embeddings(table.combine_chunks())
 
 
-def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
+def _parsed(files: Sequence[ResultFile], structured: StructuredOutput | None) -> pa.Table:
+    """``_parse_table``, then the answers that do not validate made ``invalid_output``."""
+    table = _parse_table(files)
+    return table if structured is None else structured.mark_invalid(table)[0]
+
+
+def parse_result_files(
+    files: Sequence[ResultFile], structured: StructuredOutput | None = None
+) -> pd.DataFrame:
     """Parse output and error files into one row per result line (``RESULT_COLUMNS``).
 
     ``status`` is ``succeeded`` (status code below 400, no error), ``expired``
     (``batch_expired``), ``cancelled`` (``batch_cancelled``) or ``failed`` (any other
     error, or ``error: null`` with a status code of 400 or more: the code and message
-    then come from ``response.body.error``). No files gives an empty frame.
+    then come from ``response.body.error``). With ``structured``, a success whose
+    content does not validate is ``invalid_output`` (see ``structured_output``). No files
+    gives an empty frame.
 
     Args:
         files: The downloaded files, read in this order.
+        structured: The answers' expected shape, if any.
 
     Returns:
         One row per line, ``RESULT_COLUMNS``, with each file's ``batch_id`` and ``attempt``.
@@ -427,7 +440,7 @@ def parse_result_files(files: Sequence[ResultFile]) -> pd.DataFrame:
         ...     ["custom_id", "status", "error_code"]].values.tolist()
         [['a', 'expired', 'batch_expired']]
     """
-    return to_frame(_parse_table(files))
+    return to_frame(_parsed(files, structured))
 
 
 def collect_results(
@@ -435,6 +448,7 @@ def collect_results(
     custom_ids: Sequence[str],
     inputs: pd.DataFrame | None = None,
     id_column: str = "custom_id",
+    structured: StructuredOutput | None = None,
 ) -> pd.DataFrame:
     """Parse, merge attempts and join: ``join_results(parse_result_files(files), ...)``.
 
@@ -445,6 +459,9 @@ def collect_results(
         custom_ids: The requested ids; one row each, in this order.
         inputs: Rows whose columns are appended, matched on ``inputs[id_column]``.
         id_column: The column of ``inputs`` holding the ids.
+        structured: The answers' expected shape: answers are validated before the
+            attempts are merged (a valid answer beats an invalid one) and the winners'
+            fields become typed columns, before the input columns.
 
     Returns:
         One row per requested id (see ``join_results``).
@@ -457,4 +474,15 @@ def collect_results(
         ['missing']
     """
     wanted = list(custom_ids)
-    return with_inputs(to_frame(join_table(_parse_table(files), wanted)), wanted, inputs, id_column)
+    table = _parse_table(files)
+    if structured is None:
+        return with_inputs(to_frame(join_table(table, wanted)), wanted, inputs, id_column)
+    table, values = structured.mark_invalid(table)  # validated before the merge
+    table = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
+    joined = join_table(table, wanted)
+    rows = joined[_ROW].to_pylist()
+    frame = structured.add_columns(
+        to_frame(joined.drop_columns([_ROW])),
+        [None if row is None else values[row] for row in rows],
+    )
+    return with_inputs(frame, wanted, inputs, id_column)

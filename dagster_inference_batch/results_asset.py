@@ -26,9 +26,11 @@ from .job_manifest import read_manifest
 from .metadata import results_metadata, reuse_metadata, summary_of
 from .metadata_set import InferenceBatchMetadataSet
 from .results_stream import ResultsDataset
+from .results_tally import ResultsTally
 from .row_changes import compare_lines
 from .spec import InferenceBatchSpec
-from .state import RecordedJob, latest_job, next_action, partition_of
+from .state import RecordedJob, invalid_retry_allowed, latest_job, next_action, partition_of
+from .structured_output import INVALID_OUTPUT
 
 
 def check_submitted_rows(
@@ -52,7 +54,7 @@ def check_submitted_rows(
             ``inference_batch/upstream_changed``) and what to do.
     """
     job = recorded.job
-    encoded = spec.requests.build(upstream)
+    encoded = spec.requests.build(upstream, client.profile)
     if job.sha256 is not None and encoded.sha256() == job.sha256:
         return
     upstream_name = spec.upstream_key.to_user_string()
@@ -145,7 +147,9 @@ def _joined_results(
             url = spec.results_url(context)
             context.log.info(f"streaming the results into the Parquet dataset {url}")
             return client.results_dataset(job, url, inputs=upstream, id_column=id_column)
-        frame = client.results(job, inputs=upstream, id_column=id_column)
+        frame = client.results(
+            job, inputs=upstream, id_column=id_column, response_model=spec.requests.structured
+        )
     except BatchFailedError as exc:
         raise dg.Failure(
             description=str(exc),
@@ -154,6 +158,19 @@ def _joined_results(
     if spec.parse_content is not None:
         frame = parse_content_columns(frame, spec.parse_content)
     return frame
+
+
+def _invalid_retry_due(
+    summary: ResultsTally, job: BatchJob, recorded: RecordedJob, spec: InferenceBatchSpec
+) -> bool:
+    """Whether the sensor is to retry invalid answers first (``retry_invalid_output``)."""
+    return (
+        spec.limits.retry_invalid_output
+        and invalid_retry_allowed(
+            job, max_attempts=spec.limits.max_attempts, cancel_requested=recorded.cancel_requested
+        )
+        and summary.statuses[INVALID_OUTPUT] > 0
+    )
 
 
 def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
@@ -202,6 +219,14 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
                 return
             results = _joined_results(context, client, recorded, job, upstream, spec)
         summary = summary_of(results)
+        if _invalid_retry_due(summary, job, recorded, spec):
+            context.log.info(
+                f"{summary.statuses[INVALID_OUTPUT]} answers did not validate: "
+                f"the sensor {spec.sensor_name} will resubmit them (attempt {job.attempt + 1} "
+                f"of {spec.limits.max_attempts}) and then materialize "
+                f"{spec.results_key.to_user_string()}."
+            )
+            return
         cost = resource.cost(summary.batch_tokens)  # what this job paid for
         yield dg.Output(
             results,

@@ -31,7 +31,7 @@ from .result_join import (
     to_frame,
 )
 from .results import CHUNK_SCHEMA, ResultFile, parse_chunks
-from .results_summary import ResultsSummary
+from .results_tally import ResultsTally
 
 DATA_FILE = "part-0.parquet"
 MISSING_ROWS_PER_GROUP = 65_536
@@ -59,7 +59,7 @@ class ResultsDataset:
     """
 
     url: str
-    summary: ResultsSummary
+    summary: ResultsTally
 
     def dataset(self, filesystem: fsspec.AbstractFileSystem | None = None) -> ds.Dataset:
         """The rows as a lazy ``pyarrow.dataset.Dataset`` (nothing read yet).
@@ -145,7 +145,7 @@ class _Writer:
             pa.Schema.from_pandas(extra, preserve_index=False) if extra is not None else None
         )
         self._from_store = from_store
-        self.summary = ResultsSummary()
+        self.summary = ResultsTally()
 
     def write(self, frame: pd.DataFrame, positions: np.ndarray) -> None:
         """Write joined rows; ``positions`` are their places among the requested ids."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -19,7 +20,11 @@ import pandas as pd
 from .content import ContentParser
 from .event_ledger import EventLogLedger
 from .metadata import KINDS
+from .on_time_check import OnTimeOptions
+from .providers import DEFAULT_PROVIDER, ProviderProfile
 from .request_lines import CHAT_ENDPOINT, EncodedRequests, build_requests, check_prompt_source
+from .schedules import ScheduleOptions
+from .structured_output import DEFAULT_RETRY_PROMPT_SUFFIX, StructuredOutput, structured_output
 from .upload_queue import UPLOAD_SECONDS_ALLOWED, EventLogUploadQueue
 
 if TYPE_CHECKING:
@@ -67,6 +72,8 @@ class RequestOptions:
         body_column: Column holding each row's ready request body.
         system_prompt: System message put before each prompt.
         body_params: Further body fields (``max_tokens``, ...) for every line.
+        response_model: A Pydantic model class or a JSON schema dict the answers must
+            match; held as a ``StructuredOutput``.
 
     Raises:
         ValueError: None, or more than one, of the three content sources is given.
@@ -89,17 +96,30 @@ class RequestOptions:
     body_column: str | None = None
     system_prompt: str | None = None
     body_params: Mapping[str, Any] | None = None
+    response_model: Any = None
 
     def __post_init__(self) -> None:
         check_prompt_source(
             prompt_column=self.prompt_column, messages=self.messages, body_column=self.body_column
         )
+        object.__setattr__(self, "response_model", structured_output(self.response_model))
+        taken = sorted({"response_format", "text"} & set(self.body_params or {}))
+        if self.response_model is not None and taken:
+            raise ValueError(f"body_params may not set {taken[0]!r} beside response_model")
 
-    def build(self, frame: pd.DataFrame) -> EncodedRequests:
+    @property
+    def structured(self) -> StructuredOutput | None:
+        """The answers' expected shape, or None."""
+        return self.response_model
+
+    def build(
+        self, frame: pd.DataFrame, provider: str | ProviderProfile = DEFAULT_PROVIDER
+    ) -> EncodedRequests:
         """The validated request lines of ``frame``'s rows.
 
         Args:
             frame: The upstream's rows, one request each.
+            provider: The provider (how it takes structured output).
 
         Returns:
             The encoded lines, ready to shard and upload.
@@ -117,6 +137,8 @@ class RequestOptions:
             body_column=self.body_column,
             system_prompt=self.system_prompt,
             body_params=self.body_params,
+            response_model=self.response_model,
+            provider=provider,
         )
 
 
@@ -141,6 +163,13 @@ class PipelineLimits:
         incremental: Send only rows whose request has no stored answer (each distinct
             request once) and join the stored answers back.
         max_cost_usd: Refuse, before upload, a job whose worst-case estimate is above it.
+        retry_invalid_output: Resubmit the rows whose answer does not validate against
+            the ``response_model`` (``invalid_output``) as a new attempt, within
+            ``max_attempts``.
+        retry_prompt_suffix: Added to those rows' prompt when they are retried (None:
+            resent as they were).
+        max_invalid_output_rate: Share of ``invalid_output`` rows above which the
+            valid-output check warns.
 
     Raises:
         ValueError: ``max_attempts`` is below 1, a progress step or ``max_cost_usd`` is
@@ -166,8 +195,16 @@ class PipelineLimits:
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS
     incremental: bool = True
     max_cost_usd: float | None = None
+    retry_invalid_output: bool = False
+    retry_prompt_suffix: str | None = DEFAULT_RETRY_PROMPT_SUFFIX
+    max_invalid_output_rate: float = 0.02
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_invalid_output_rate <= 1.0:
+            raise ValueError(
+                f"max_invalid_output_rate must be between 0 and 1, got "
+                f"{self.max_invalid_output_rate}"
+            )
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
@@ -211,6 +248,10 @@ class InferenceBatchSpec:
         results_location: Where ``parquet_dataset`` results go: a local path or an
             fsspec URL (``s3://bucket/prefix``); default: the instance's storage
             directory. Each materialization writes its own folder below it.
+        schedule: When ``<name>_schedule`` submits, if there is one.
+        on_time: The thresholds of ``<name>_batch_on_time``; None: no such check.
+        results_freshness: Whether ``<name>_results`` gets a freshness policy (only with a
+            schedule: results are due a schedule gap plus the completion window later).
 
     Raises:
         ValueError: An override of an unknown asset or argument; an unknown
@@ -243,14 +284,29 @@ class InferenceBatchSpec:
     asset_spec_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     results_format: str = "dataframe"
     results_location: str | None = None
+    schedule: ScheduleOptions | None = None
+    on_time: OnTimeOptions | None = field(default_factory=OnTimeOptions)
+    results_freshness: bool = True
 
     def __post_init__(self) -> None:
+        if self.requests.structured is not None and self.parse_content is not None:
+            raise ValueError(
+                "pass response_model or parse_content, not both: response_model parses "
+                "and validates each answer itself"
+            )
+        if self.limits.retry_invalid_output and self.requests.structured is None:
+            raise ValueError("retry_invalid_output=True needs a response_model to validate with")
         if self.results_format not in RESULTS_FORMATS:
             raise ValueError(
                 f"results_format: {self.results_format!r} is not one of {list(RESULTS_FORMATS)}"
             )
         if self.results_format == "parquet_dataset" and self.parse_content is not None:
             raise ValueError("parse_content works with results_format='dataframe' only")
+        if self.results_format == "parquet_dataset" and self.requests.structured is not None:
+            raise ValueError(
+                "response_model works with results_format='dataframe' only: the streamed "
+                "Parquet dataset keeps each answer's content as text, unvalidated"
+            )
         for role, override in self.asset_spec_overrides.items():
             if role not in ASSET_ROLES:
                 raise ValueError(
@@ -325,7 +381,9 @@ class InferenceBatchSpec:
             ``key``, ``partitions_def``, ``group_name``, ``kinds``, ``owners``, ``tags``
             and ``required_resource_keys``, with the role's overrides applied.
         """
+        freshness = self.freshness_policy() if role == "results" else None
         return {
+            **({"freshness_policy": freshness} if freshness is not None else {}),
             "key": self._key(role),
             "partitions_def": self.partitions_def,
             "group_name": self.group_name,
@@ -335,6 +393,34 @@ class InferenceBatchSpec:
             "required_resource_keys": {self.resource_key},
             **self.asset_spec_overrides.get(role, {}),
         }
+
+    def freshness_policy(self) -> Any:
+        """The freshness policy of ``<name>_results``, from the schedule and the window.
+
+        Results are due the longest gap between two ticks, plus the completion window
+        (WARN), plus the on-time check's margin (fail), after the last materialization.
+
+        Returns:
+            A ``dg.FreshnessPolicy.time_window``, or None: no schedule, turned off, or a
+            Dagster without that API.
+
+        Example:
+            >>> spec = InferenceBatchSpec(
+            ...     name="llm", upstream_key=dg.AssetKey("prompts"),
+            ...     requests=RequestOptions(prompt_column="prompt"),
+            ...     schedule=ScheduleOptions("0 6 * * *"))
+            >>> spec.freshness_policy() is not None
+            True
+        """
+        time_window = getattr(getattr(dg, "FreshnessPolicy", None), "time_window", None)
+        if self.schedule is None or not self.results_freshness or time_window is None:
+            return None
+        on_time = self.on_time or OnTimeOptions()
+        due = self.schedule.longest_gap() + timedelta(seconds=on_time.completion_window_seconds)
+        return time_window(
+            fail_window=due + timedelta(seconds=on_time.error_margin_seconds),
+            warn_window=due if on_time.error_margin_seconds > 0 else None,
+        )
 
     def resource(
         self, context: dg.AssetExecutionContext | dg.OpExecutionContext | dg.SensorEvaluationContext

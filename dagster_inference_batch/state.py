@@ -255,3 +255,31 @@ def next_action(job: BatchJob, *, max_attempts: int, cancel_requested: bool = Fa
     if leftovers and job.attempt < max_attempts and not cancel_requested:
         return "resubmit"
     return "collect"
+
+
+def invalid_retry_allowed(job: BatchJob, *, max_attempts: int, cancel_requested: bool) -> bool:
+    """Whether a final job's invalid answers may still be retried (``retry_invalid_output``).
+
+    Only a job whose batches ran (not one that failed validation), while attempts remain
+    and not after a cancel the user asked for; whether any answer is invalid takes its
+    files, so the caller looks (``InferenceBatchClient.resubmit`` with ``response_model``).
+
+    Args:
+        job: the job as last refreshed.
+        max_attempts: the attempts allowed, the first submission included.
+        cancel_requested: the user cancelled the job.
+
+    Returns:
+        True when a retry is allowed.
+
+    Example:
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> invalid_retry_allowed(job, max_attempts=2, cancel_requested=False)
+        False
+    """
+    return (
+        job.is_final
+        and job.status != "failed"
+        and job.attempt < max_attempts
+        and not cancel_requested
+    )

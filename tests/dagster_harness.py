@@ -41,7 +41,8 @@ def prompts_asset(rows: int, partitions_def: dg.PartitionsDefinition | None) -> 
 
 class Harness:
     """One pipeline named `llm` over `prompts`, bound to a local server and an instance
-    (or to `resource`, when given, instead of `base_url`)."""
+    (or to `resource`, when given, instead of `base_url`), storing values with
+    `io_manager` (default: the instance's local filesystem)."""
 
     def __init__(
         self,
@@ -53,6 +54,7 @@ class Harness:
         partitions_def: dg.PartitionsDefinition | None = None,
         resource_options: dict[str, Any] | None = None,
         resource: InferenceBatchResource | None = None,
+        io_manager: dg.ConfigurableIOManager | None = None,
         **factory_options: Any,
     ) -> None:
         self.instance = instance
@@ -67,7 +69,8 @@ class Harness:
             "inference_batch": resource
             or InferenceBatchResource(
                 base_url=base_url, api_key=api_key, **(resource_options or {})
-            )
+            ),
+            **({"io_manager": io_manager} if io_manager else {}),
         }
         self.defs = dg.Definitions.merge(
             self.pipeline.defs, dg.Definitions(assets=[self.upstream], resources=self.resources)

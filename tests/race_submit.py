@@ -35,13 +35,16 @@ from tests.dagster_harness import Harness  # noqa: E402
 BARRIER_TIMEOUT_SECONDS = 120.0
 
 
-def wait_at_barrier_before_create(barrier: Path, name: str) -> None:
-    """Make each `create` wait until the other racer's `create` of the same round."""
+def wait_at_barrier_before_create(barrier: Path, name: str, partition: str | None = None) -> None:
+    """Make each `create` wait until the other racer's `create` of the same round; with
+    `partition`, only the creates of that partition's jobs (the others go straight on)."""
     real = InferenceBatchClient.create
     rounds = iter(range(10**6))
 
     @functools.wraps(real)
-    def create(self: InferenceBatchClient, *args: Any, **kwargs: Any) -> Any:
+    def create(self: InferenceBatchClient, job: Any, *args: Any, **kwargs: Any) -> Any:
+        if partition is not None and job.metadata.get("dagster_partition") != partition:
+            return real(self, job, *args, **kwargs)
         number = next(rounds)
         (barrier / f"{number}-{name}").touch()
         deadline = time.monotonic() + BARRIER_TIMEOUT_SECONDS
@@ -49,7 +52,7 @@ def wait_at_barrier_before_create(barrier: Path, name: str) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the other racer never reached create #{number}")
             time.sleep(0.005)
-        return real(self, *args, **kwargs)
+        return real(self, job, *args, **kwargs)
 
     InferenceBatchClient.create = create  # type: ignore[method-assign]
 

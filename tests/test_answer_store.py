@@ -270,3 +270,23 @@ def test_default_store_url_precedence(monkeypatch, tmp_path):
 
     monkeypatch.setenv(ANSWER_STORE_ENV, "")
     assert default_store_url() == str(tmp_path / "dagster" / "inference_batch" / "answers")
+
+
+def test_a_job_stores_only_the_successful_lines_of_its_output_files(tmp_path):
+    from dagster_inference_batch.incremental import answers_for_unsent
+    from dagster_inference_batch.job_manifest import Manifest
+    from dagster_inference_batch.results import ResultFile
+
+    output = tmp_path / "output.jsonl"
+    lines = [line("a"), line("b", status=500), line("c", error={}), b"[]", line("d")]
+    output.write_bytes(b"\n".join(lines) + b"\n")
+    manifest = Manifest(["a", "b", "c", "d"], ["fa", "fb", "fc", "fd"], [True] * 4)
+    store = AnswerStore(str(tmp_path / "answers"), namespace=NAMESPACE)
+    files = [ResultFile(output, "output", "batch_1", 1)]
+
+    made, from_store = answers_for_unsent(manifest, files, store, tmp_path)
+
+    assert (made, from_store) == ([], [])
+    found = store.lookup(["fa", "fb", "fc", "fd"])
+    assert sorted(found) == ["fa", "fd"]
+    assert found["fd"].line == line("d") and found["fd"].batch_id == "batch_1"

@@ -235,7 +235,11 @@ def test_materializes_end_to_end_through_the_local_server(batch_server):
     assert set(results["status"]) == {"succeeded"}
     assert set(results["mood"]) <= {"happy", "sad"}
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"greetings_results_complete": True, "greetings_results_failure_rate": True}
+    assert checks == {
+        "greetings_batch_on_time": True,  # on time when submitted
+        "greetings_results_complete": True,
+        "greetings_results_failure_rate": True,
+    }
 
 
 def test_the_example_project_runs_end_to_end_through_the_local_server(
@@ -258,8 +262,8 @@ def test_the_example_project_runs_end_to_end_through_the_local_server(
     assert result.success
     assert len(results) == len(result.output_for_node("reviews"))
     assert set(results["status"]) == {"succeeded"}
-    assert set(results["sentiment"]) <= {"positive", "neutral", "negative"}
-    assert all(isinstance(topics, list) for topics in results["topics"])
+    assert list(results["sentiment"].cat.categories) == ["positive", "neutral", "negative"]
+    assert all(isinstance(topics, list) for topics in results["topics"])  # Arrow lists
 
 
 def test_an_env_template_api_key_is_read_when_a_run_starts_not_stored(monkeypatch):
@@ -287,7 +291,30 @@ BAD_VALUES = [
     ({"partitions_def": {"type": "monthly"}}, "attributes.partitions_def", "Input should be"),
     ({"modle": MODEL}, "modle", "Extra inputs are not permitted"),
     ({"asset_spec_overrides": {"answers": {}}}, "asset_spec_overrides", "unknown asset"),
+    ({"schedule": "daily"}, "schedule", "not a valid cron string"),
+    ({"on_time": {"warn_fraction": 2}}, "attributes.on_time", "less than or equal to 1"),
 ]
+
+
+def test_yaml_schedule_and_on_time_reach_the_factory():
+    attributes = {
+        **ATTRIBUTES,
+        "schedule": {"cron": "0 6 * * *", "timezone": "Europe/Paris", "partition_keys": ["b"]},
+        "on_time": {"warn_fraction": 0.5, "error_margin_seconds": 60},
+    }
+    with load(attributes, {"mood.json": json.dumps(SCHEMA)}) as (component, defs, folder):
+        pipeline = component.build_pipeline(folder)
+        schedules = {s.name: s for s in defs.schedules or []}
+    schedule = schedules["team__llm__greetings_schedule"]
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 6 * * *", "Europe/Paris")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert list(pipeline.spec.schedule.partition_keys) == ["b"]
+    assert (pipeline.spec.on_time.warn_fraction, pipeline.spec.on_time.error_margin_seconds) == (
+        0.5,
+        60,
+    )
+    with load({**ATTRIBUTES, "on_time": False}, {"mood.json": json.dumps(SCHEMA)}) as loaded:
+        assert loaded[0].build_pipeline(loaded[2]).spec.on_time is None
 
 
 @pytest.mark.parametrize(("change", "field", "reason"), BAD_VALUES)
@@ -371,14 +398,14 @@ def test_dg_scaffolds_a_defs_yaml_that_checks_on_a_new_project(project):
 def test_dg_check_refuses_a_bad_value_naming_the_field_and_the_file(project):
     defs_yaml = project / "src" / "yaml_project" / "defs" / "review_insights" / "defs.yaml"
     lines = defs_yaml.read_text().splitlines()
-    line = lines.index("  parse_content: json") + 1
-    lines[line - 1] = "  parse_content: yaml"
+    line = lines.index("  group_name: reviews") + 1
+    lines.insert(line, "  parse_content: yaml")  # the next line
     defs_yaml.write_text("\n".join(lines))
     checked = dg_cli(project, "check", "defs")
 
     assert checked.returncode != 0
     output = checked.stdout + checked.stderr
-    assert f"review_insights/defs.yaml:{line} - attributes.parse_content" in output
+    assert f"review_insights/defs.yaml:{line + 1} - attributes.parse_content" in output
     assert "Input should be 'json'" in output
 
 

@@ -285,11 +285,8 @@ def demo_requests() -> tuple[pd.DataFrame, Any]:
         id_column="review_id",
         messages=definitions.review_messages,
         model=definitions.MODEL,
-        body_params={
-            "max_tokens": 200,
-            "temperature": 0,
-            "response_format": definitions.INSIGHT_FORMAT,
-        },
+        body_params={"max_tokens": 200, "temperature": 0},
+        response_model=definitions.ReviewInsight,
     )
     return reviews, encoded
 

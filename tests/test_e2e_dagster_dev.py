@@ -9,51 +9,32 @@ the story.
 The browser test then opens the results page in headless Chromium.
 """
 
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.dagster_dev import REPO, DagsterDev, start_dagster_dev, stop_group, wait_for
+
 CHROMIUM = Path("/usr/bin/chromium")
 # the README's screenshot; refreshed only when asked, so a test run leaves the tree clean
 README_SCREENSHOT = REPO / "docs" / "screenshot-results.png"
+SUMMARY_SCREENSHOT = REPO / "docs" / "images" / "results-summary.png"
 UPDATE_SCREENSHOT = os.environ.get("UPDATE_README_SCREENSHOT") == "1"
 REVIEWS = 60
 EXPIRE_AFTER = 40  # requests the local server answers in a batch before it expires
 PRODUCTS = 6
-WAIT_SECONDS = 180
-CHECK_NAMES = ("review_insights_results_complete", "review_insights_results_failure_rate")
+CHECK_NAMES = (
+    "review_insights_results_complete",
+    "review_insights_results_failure_rate",
+    "review_insights_results_valid_output",
+)
 
-LATEST = """
-query Latest($key: AssetKeyInput!) {
-  assetOrError(assetKey: $key) {
-    ... on Asset {
-      assetMaterializations(limit: 1) {
-        runId
-        metadataEntries {
-          label
-          ... on IntMetadataEntry { intValue }
-          ... on FloatMetadataEntry { floatValue }
-        }
-      }
-    }
-  }
-}
-"""
 CHECKS = """
 query Checks($key: AssetKeyInput!) {
   assetNodeOrError(assetKey: $key) {
@@ -90,59 +71,6 @@ query Run($runId: ID!) { runOrError(runId: $runId) { ... on Run { tags { key val
 """
 
 
-@dataclass
-class DagsterDev:
-    port: int
-    home: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query, "variables": variables}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = json.loads(response.read())
-        assert "errors" not in body, body["errors"]
-        return body["data"]
-
-    def latest(self, asset: str) -> dict[str, Any] | None:
-        """The latest materialization: run id and numeric metadata by label."""
-        data = self.graphql(LATEST, key={"path": [asset]})["assetOrError"]
-        events = data.get("assetMaterializations") or []
-        if not events:
-            return None
-        values = {
-            e["label"]: e.get("intValue", e.get("floatValue")) for e in events[0]["metadataEntries"]
-        }
-        return {"run_id": events[0]["runId"], "metadata": values}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """Interrupt the process group we started, then kill what is left of it."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     """`dagster dev` after `review_insights_daily` ran and the sensors finished the rest."""
@@ -159,24 +87,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     )
     home = tmp_path_factory.mktemp("dagster-home")
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "INFERENCE_API_KEY"}
-    env.update(DAGSTER_HOME=str(home), REVIEW_INSIGHTS_SENSOR_INTERVAL="2")
-    log = (home / "dagster-dev.log").open("wb")
+    env.update(REVIEW_INSIGHTS_SENSOR_INTERVAL="2")
     with server:
         env["INFERENCE_BASE_URL"] = server.base_url
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process, dev = start_dagster_dev(home, env)
         try:
-            dev = DagsterDev(port=port, home=home)
-            wait_for(lambda: _answers(f"{dev.url}/server_info"), "the webserver", process, home)
-            client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+            client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
             client.submit_job_execution("review_insights_daily")
             wait_for(
                 lambda: dev.latest("review_sentiment_summary") is not None,
@@ -187,24 +104,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
             yield dev
         finally:
             stop_group(process)
-            log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def wait_for(done: Any, what: str, process: subprocess.Popen, home: Path) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not done():
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = (home / "dagster-dev.log").read_text(errors="replace")[-4000:]
-            pytest.fail(f"waiting for {what}; dagster dev log tail:\n{tail}")
-        time.sleep(2)
 
 
 def entries(event: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +125,9 @@ def test_expired_batch_is_resubmitted_once_and_every_review_succeeds(demo: Dagst
     assert results["metadata"]["inference_batch/succeeded"] == REVIEWS
     expired = [o for o in progress if o["inference_batch/status"] == "expired"]
     assert expired and all(o["inference_batch/completed"] == EXPIRE_AFTER for o in expired)
+    # while in flight with requests done, an observation has the pace and the ETA
+    paced = [o for o in progress if "inference_batch/eta" in o]
+    assert paced and all("inference_batch/requests_per_minute" in o for o in paced)
 
 
 def test_sensor_collects_results_and_the_summary_follows(demo: DagsterDev) -> None:
@@ -294,13 +196,24 @@ def test_results_page_shows_row_count_and_checks(demo: DagsterDev, tmp_path: Pat
             assert screenshot.stat().st_size > 10_000
 
             page.goto(f"{demo.url}/assets/review_insights_results?view=checks")
-            page.get_by_text("Checks (2)").wait_for(timeout=60_000)
+            page.get_by_text(f"Checks ({len(CHECK_NAMES)})").wait_for(timeout=60_000)
             for check in CHECK_NAMES:  # the list cuts long names short: filter, then open
                 page.get_by_placeholder("Filter checks").fill(check.rsplit("_", 1)[-1])
                 page.get_by_text("Succeeded").first.click()
                 page.get_by_text(check, exact=True).last.wait_for()
                 result = page.get_by_text("Evaluation result").locator("xpath=..")
                 assert "Passed" in result.inner_text()
+
+            # the results' markdown summary, opened from its metadata row
+            page.goto(f"{demo.url}/assets/review_insights_results")
+            row = page.locator("tr", has_text="inference_batch/summary").first
+            row.wait_for(timeout=60_000)
+            row.get_by_text("Show").first.click()
+            page.get_by_text("Tokens and cost").wait_for(timeout=30_000)
+            assert page.get_by_text(f"{REVIEWS} rows").count()
+            shot = SUMMARY_SCREENSHOT if UPDATE_SCREENSHOT else tmp_path / "summary.png"
+            page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
             browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -21,21 +20,14 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from dagster_inference_batch.local_server import LocalBatchServer
+from tests.dagster_dev import REPO, DagsterDev, start_dagster_dev, wait_for
 from tests.dagster_harness import NAME, Harness
 from tests.provider_state import (
     assert_every_row_once,
     assert_one_batch_per_shard,
     provider_batches,
 )
-from tests.test_e2e_dagster_dev import (
-    HISTORY,
-    REPO,
-    DagsterDev,
-    _answers,
-    entries,
-    free_port,
-    wait_for,
-)
+from tests.test_e2e_dagster_dev import HISTORY, entries
 
 SUBMIT_JOB = f"{NAME}_daily"  # as tests/dagster_dev_restart_defs.py names it
 ROWS = 20
@@ -43,36 +35,7 @@ PER_BATCH = 10
 SHARDS = 2
 API_KEY = "test-key"
 FINAL = ("completed", "failed", "expired", "cancelled")
-
-
-def start_dagster_dev(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, DagsterDev]:
-    """`dagster dev` on the restart code location, its output appended to the home's log."""
-    port = free_port()
-    with (home / "dagster-dev.log").open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dagster",
-                "dev",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-d",
-                str(REPO),
-                "-m",
-                "tests.dagster_dev_restart_defs",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    dev = DagsterDev(port=port, home=home)
-    wait_for(lambda: _answers(f"{dev.url}/server_info"), "the webserver", process, home)
-    return process, dev
+LOCATION = ("-d", str(REPO), "-m", "tests.dagster_dev_restart_defs")
 
 
 # dagster dev stops its daemon and code server in turn after SIGTERM; late in the full
@@ -130,7 +93,7 @@ def test_dagster_dev_restarted_while_batches_run(tmp_path: Path) -> None:
     )
     with server:
         env["RESTART_TEST_BASE_URL"] = server.base_url
-        process, dev = start_dagster_dev(home, env)
+        process, dev = start_dagster_dev(home, env, LOCATION)
         try:
             client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
             run_id = client.submit_job_execution(SUBMIT_JOB)
@@ -157,7 +120,7 @@ def test_dagster_dev_restarted_while_batches_run(tmp_path: Path) -> None:
             f"dagster dev did not stop within {STOP_TIMEOUT_SECONDS:.0f} s of SIGTERM"
         )
 
-        process, dev = start_dagster_dev(home, env)
+        process, dev = start_dagster_dev(home, env, LOCATION)
         try:
             wait_for(
                 lambda: dev.latest(f"{NAME}_results") is not None,

@@ -10,8 +10,13 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def fenced_blocks(document: Path = README, language: str = "python") -> list[str]:
+    """The code blocks fenced as `language` in `document`, in order."""
+    return re.findall(rf"```{language}\n(.*?)```", document.read_text(), flags=re.S)
+
+
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return fenced_blocks(README, "python")
 
 
 def test_use_it_without_dagster_example_runs(tmp_path, monkeypatch):
@@ -31,10 +36,22 @@ def test_use_it_without_dagster_example_runs(tmp_path, monkeypatch):
 def test_dagster_example_loads():
     import dagster as dg
 
-    (example,) = [b for b in python_blocks() if "build_inference_batch_assets(" in b]
+    (example,) = [b for b in python_blocks() if '"ticket_triage"' in b]
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
     defs = namespace["defs"]
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"ticket_triage_input_file", "ticket_triage_batch", "ticket_triage_results"} <= keys
+
+
+def test_scheduling_example_adds_a_partition_aware_schedule():
+    import dagster as dg
+
+    (example,) = [b for b in python_blocks() if "schedule=" in b and "daily =" in b]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    schedule = namespace["daily"].schedule
+    assert schedule.name == "review_insights_schedule"
+    assert schedule.cron_schedule == "0 6 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from dagster_inference_batch import results
+from dagster_inference_batch.batch_record import BatchJob
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from dagster_inference_batch.results import collect_results
 from dagster_inference_batch.results_stream import (
@@ -25,7 +26,8 @@ from dagster_inference_batch.results_stream import (
     ResultsDataset,
     write_results_dataset,
 )
-from dagster_inference_batch.results_summary import ResultsSummary
+from dagster_inference_batch.results_summary import failure_rate, results_summary
+from dagster_inference_batch.results_tally import ResultsTally
 from tests.dagster_harness import Harness
 from tests.test_embeddings_responses import embedding_body, output_line, write_lines
 from tests.test_graph_results import NO_COMPUTE_LOGS, evaluations
@@ -111,11 +113,19 @@ def test_duckdb_reads_the_dataset(attempts, tmp_path) -> None:
 
 def test_the_summary_is_the_in_memory_one(attempts, tmp_path) -> None:
     handle = write_results_dataset(attempts, WANTED, str(tmp_path / "ds"), INPUTS)
-    expected = ResultsSummary.of(in_memory(attempts, WANTED, INPUTS))
+    expected = ResultsTally.of(in_memory(attempts, WANTED, INPUTS))
     summary = handle.summary
     for field in ("rows", "distinct_ids", "statuses", "tokens", "batch_tokens", "dtypes"):
         assert getattr(summary, field) == getattr(expected, field), field
     assert summary.statuses["missing"] == 10 and summary.tokens["total_tokens"] > 0
+    # what 15's markdown summary and failure rate and 16's invalid counts are made from
+    assert summary.errors == expected.errors and summary.invalid == expected.invalid == {}
+    assert summary.errors["server_error"] == (1, "boom")
+    frame = in_memory(attempts, WANTED, INPUTS)
+    job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+    usage = {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}
+    assert results_summary(summary, job, usage, None) == results_summary(frame, job, usage, None)
+    assert failure_rate(summary) == failure_rate(frame) == 0.325
 
 
 def test_any_fsspec_url(attempts) -> None:
@@ -159,6 +169,17 @@ def test_parse_content_needs_the_dataframe_format() -> None:
             dg.DagsterInstance.ephemeral(),
             "http://127.0.0.1:1/v1",
             parse_content=dict,
+            results_format="parquet_dataset",
+        )
+
+
+def test_response_model_needs_the_dataframe_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    with pytest.raises(ValueError, match="response_model works with results_format='dataframe'"):
+        Harness(
+            dg.DagsterInstance.ephemeral(),
+            "http://127.0.0.1:1/v1",
+            response_model=schema,
             results_format="parquet_dataset",
         )
 

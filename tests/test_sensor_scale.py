@@ -23,6 +23,7 @@ from dagster_inference_batch import (
     InferenceBatchResource,
     build_inference_batch_assets,
 )
+from dagster_inference_batch import provider_calls as provider_calls_module
 from dagster_inference_batch.local_server import LocalBatchServer
 from dagster_inference_batch.metadata import batch_metadata
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
@@ -206,3 +207,28 @@ def test_a_listing_refresh_sees_every_batch_and_retrieves_the_ones_not_listed(
     assert provider_calls["retrieve"] == 1 and provider_calls[unlisted] == 1
     assert provider_calls[unknown.id] == 0
     assert 1 <= provider_calls["GET /batches"] <= 2
+
+
+def test_a_listing_read_in_slices_at_once_sees_every_batch(
+    server: LocalBatchServer, provider_calls: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_calls_module, "LISTING_PAGE", 5)  # 40 batches: 8 pages
+    n = 40
+    pipeline = Pipeline(server)
+    batch_ids = pipeline.in_flight([f"p{i}" for i in range(n)])
+    unknown = pipeline.create()  # the newest: listed first, and no partition's
+    starts: list[str | None] = []
+    list_batches = ProviderCalls.list_batches
+
+    def recorded(self: ProviderCalls, **kwargs: Any) -> Iterator[Any]:
+        starts.append(kwargs.get("after"))
+        return list_batches(self, **kwargs)
+
+    monkeypatch.setattr(ProviderCalls, "list_batches", recorded)
+    for batch_id in [*batch_ids.values(), unknown.id]:
+        pipeline.sdk.batches.cancel(batch_id)
+
+    assert pipeline.tick() == {f"p{i}": "cancelling" for i in range(n)}
+    assert provider_calls["retrieve"] == 0
+    assert len(starts) == 8 and len(set(starts)) == 8 and None in starts
+    assert set(starts) - {None} <= set(batch_ids.values())

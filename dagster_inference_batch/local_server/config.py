@@ -47,11 +47,19 @@ class ServerConfig:
     validating_seconds: float = _opt(0.2, "time a batch spends in `validating`")
     finalizing_seconds: float = _opt(0.2, "time a batch spends in `finalizing`/`cancelling`")
     expire_after: float | None = _opt(None, "seconds until a batch expires (default 24h)")
+    overrun_window: bool = _opt(
+        False, "never expire a batch at expires_at (a provider late to end its window)"
+    )
     expire_after_requests: int | None = _opt(
         None, "a batch expires once this many of its requests are answered (deterministic)"
     )
     failure_rate: float = _opt(0.0, "fraction of requests answered with a 4xx/5xx body")
     fault_rate: float = _opt(0.0, "fraction of API calls answered 500, 429 or dropped")
+    invalid_output_rate: float = _opt(
+        0.0,
+        "fraction of structured answers (json_schema requests) broken: truncated JSON, a "
+        "missing required field, a wrong type or a value outside an enum (by seed and body)",
+    )
     latency_ms: float = _opt(0.0, "added latency per API call")
     api_key: str | None = _opt(
         None, "required bearer token; unset = any non-empty bearer", env=API_KEY_ENV
@@ -87,7 +95,7 @@ class ServerConfig:
             raise ValueError(f"responder must be 'offline' or 'upstream', not {self.responder!r}")
         if self.responder == "upstream" and not self.upstream_url:
             raise ValueError("responder 'upstream' needs upstream_url")
-        for name in ("failure_rate", "fault_rate"):
+        for name in ("failure_rate", "fault_rate", "invalid_output_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.expire_after_requests is not None and self.expire_after_requests < 0:

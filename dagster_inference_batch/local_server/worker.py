@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .config import ServerConfig
+from .invalid_outputs import break_answer
 from .provider_rules import ServerRules
 from .responders import Reply, Responder, error_body
 from .run_files import ChunkResults, RunFiles, close_input, map_input
@@ -128,7 +129,8 @@ class Worker:
         """One step for one batch; True when it did work."""
         now, status = time.time(), row["status"]
         limit = self.config.expire_after_requests
-        if status in ("validating", "in_progress") and now >= row["expires_ts"]:
+        past_window = now >= row["expires_ts"] and not self.config.overrun_window
+        if status in ("validating", "in_progress") and past_window:
             self._finish(row, "expired", "batch_expired")
         elif status == "in_progress" and limit is not None and row["total"] > row["done"] >= limit:
             self._finish(row, "expired", "batch_expired")
@@ -284,8 +286,10 @@ class Worker:
         replies: list[Reply | None] = [self._simulated_failure(line["custom_id"]) for line in lines]
         todo = [i for i, reply in enumerate(replies) if reply is None]
         answers = self.responder.respond_many(row["endpoint"], [lines[i]["body"] for i in todo])
+        rate, seed = self.config.invalid_output_rate, self.config.seed
         for i, answer in zip(todo, answers, strict=True):
-            replies[i] = answer
+            line = lines[i]
+            replies[i] = break_answer(answer, line["body"], line["custom_id"], rate=rate, seed=seed)
         tally = ChunkResults()
         for line, reply in zip(lines, replies, strict=True):
             assert reply is not None

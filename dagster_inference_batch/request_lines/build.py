@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from ..providers import DEFAULT_PROVIDER, ProviderProfile, provider_profile
+from ..structured_output import StructuredOutput, request_params, structured_output
 from .encode import encode_numbered_lines
 from .encoded import EncodedRequests
 from .fingerprint import TemplateFingerprints
@@ -243,6 +245,8 @@ def build_requests(
     system_prompt: str | None = None,
     body_params: Mapping[str, Any] | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    response_model: Any = None,
+    provider: str | ProviderProfile = DEFAULT_PROVIDER,
 ) -> EncodedRequests:
     """Build validated request lines from a DataFrame, one per row.
 
@@ -266,6 +270,13 @@ def build_requests(
         body_params: Keys for every body (``max_tokens``, ``temperature``,
             ``response_format``; ``dimensions``, ``encoding_format`` for embeddings).
         max_line_bytes: The largest encoded line allowed, newline excluded.
+        response_model: A Pydantic model class or a JSON schema dict: every body asks
+            for JSON of that shape (``response_format``, or ``text`` on Responses; see
+            ``structured_output.request_params``). Not with ``body_params`` setting the
+            format itself. Ready bodies (``body_column``) keep their own format if set.
+        provider: The provider (name or profile) whose way of asking for structured
+            output is used (``json_schema``, strict or not, or ``json_object`` with the
+            schema in a system message).
 
     Returns:
         The validated lines, in row order.
@@ -273,7 +284,8 @@ def build_requests(
     Raises:
         ValueError: If the options do not go together (not exactly one content
             source, ``messages`` off chat and Responses, ``system_prompt`` off chat,
-            ``body_params`` setting the per-row content).
+            ``body_params`` setting the per-row content, or the response format
+            beside ``response_model``, a ``response_model`` off chat and Responses).
         InvalidBatchInput: Naming each bad row (1-based line number, ``custom_id``):
             a missing column or model, no rows, a missing, empty or duplicate id, an
             empty prompt, NaN or infinity, a line over ``max_line_bytes``.
@@ -295,6 +307,12 @@ def build_requests(
         b'{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"model":"e","input":"Hi","dimensions":4}}'
     """
     check_prompt_source(prompt_column=prompt_column, messages=messages, body_column=body_column)
+    structured = structured_output(response_model)
+    if structured is not None:
+        body_params, system_prompt, messages = _with_structured_output(
+            structured, provider, endpoint, body_params, system_prompt, messages,
+            prompt_column is not None,
+        )  # fmt: skip
     params = _body_params(
         endpoint=endpoint,
         model=model,
@@ -310,6 +328,39 @@ def build_requests(
             df, id_column, prompt_column, endpoint, params, system_prompt, max_line_bytes
         )
     return _from_bodies(df, id_column, endpoint, params, messages, body_column, max_line_bytes)
+
+
+def _with_structured_output(
+    structured: StructuredOutput,
+    provider: str | ProviderProfile,
+    endpoint: str,
+    body_params: Mapping[str, Any] | None,
+    system_prompt: str | None,
+    messages: MessagesFn | None,
+    from_prompts: bool,
+) -> tuple[dict[str, Any], str | None, MessagesFn | None]:
+    """``body_params``, ``system_prompt`` and ``messages`` asking for ``structured``."""
+    profile = provider_profile(provider) if isinstance(provider, str) else provider
+    extra, instruction = request_params(structured, profile, endpoint)
+    params = dict(body_params or {})
+    taken = sorted(set(extra) & set(params))
+    if taken:
+        raise ValueError(f"body_params may not set {taken[0]!r} beside response_model")
+    params.update(extra)
+    if instruction is None:
+        return params, system_prompt, messages
+    if endpoint == RESPONSES_ENDPOINT:
+        given = params.get("instructions")
+        params["instructions"] = f"{given}\n\n{instruction}" if given else instruction
+    elif from_prompts:
+        system_prompt = f"{system_prompt}\n\n{instruction}" if system_prompt else instruction
+    elif messages is not None:
+        build = messages
+
+        def messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"role": "system", "content": instruction}, *build(row)]
+
+    return params, system_prompt, messages
 
 
 def _from_bodies(

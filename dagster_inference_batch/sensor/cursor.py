@@ -1,7 +1,7 @@
 """``SensorCursor``: what the sensor remembers between ticks.
 
-The cursor only remembers what the event log cannot answer cheaply: the progress last
-reported, the partitions a tick did not reach (they go first next time), the
+The cursor only remembers what the event log cannot answer cheaply: the progress and
+the on-time verdict last reported, the partitions a tick did not reach (they go first next time), the
 materializations whose results run was already requested, given up on, or failed
 validation (those cost no runs query), and the orphaned partitions already handled.
 Losing it costs a repeated observation, never a duplicate run nor a second cancel, so
@@ -31,6 +31,7 @@ _CURSOR_ENTRIES: dict[str, tuple[type, ...]] = {
     "failed": (int,),
     "orphaned": (int,),
     "resume": (str,),
+    "on_time": (str,),
 }
 
 
@@ -54,6 +55,7 @@ class SensorCursor:
     failed: dict[str, int] = field(default_factory=dict)  # failed validation, run ended
     orphaned: dict[str, int] = field(default_factory=dict)  # partition gone, handled
     resume: list[str] = field(default_factory=list)  # not reached: first next tick
+    on_time: dict[str, str] = field(default_factory=dict)  # "<storage id>:<verdict>" reported
 
     @classmethod
     def load(cls, text: str | None) -> SensorCursor:

@@ -40,7 +40,7 @@ def sensor_settings(spec: InferenceBatchSpec) -> SensorSettings:
         spec: The pipeline.
 
     Returns:
-        Its name, batch key, orphan policy and progress steps.
+        Its name, batch key, orphan policy, progress steps and on-time thresholds.
     """
     return SensorSettings(
         name=spec.qualified_name,
@@ -48,6 +48,7 @@ def sensor_settings(spec: InferenceBatchSpec) -> SensorSettings:
         cancel_orphaned=spec.limits.cancel_orphaned,
         progress_step_percent=spec.limits.progress_step_percent,
         progress_step_seconds=spec.limits.progress_step_seconds,
+        on_time=spec.on_time,
     )
 
 

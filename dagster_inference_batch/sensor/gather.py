@@ -26,7 +26,8 @@ from ..budget import map_within_budget
 from ..client import InferenceBatchClient
 from ..ledger import Ledger
 from ..spec import InferenceBatchSpec
-from ..state import RecordedJob, next_action, uncollected_jobs
+from ..state import RecordedJob, invalid_retry_allowed, next_action, uncollected_jobs
+from ..structured_output import StructuredOutput
 from .cursor import SensorCursor
 from .results_runs import RESULTS_FOR_TAG, ResultsRun
 from .tick import (
@@ -50,8 +51,15 @@ def advance(
     max_attempts: int,
     ledger: Ledger,
     known: Mapping[str, Any] | None = None,
+    *,
+    retry_invalid: StructuredOutput | None = None,
+    retry_prompt_suffix: str | None = None,
 ) -> Refreshed:
     """Refresh a job, resubmitting its expired or cancelled remainder when that is next.
+
+    With ``retry_invalid``, a job otherwise ready to collect is resubmitted too when
+    answers of it do not validate (``invalid_output``) and attempts remain; those rows
+    go with any other remainder.
 
     Args:
         client: The provider's client.
@@ -59,18 +67,28 @@ def advance(
         max_attempts: The pipeline's limit on attempts.
         ledger: Where the resubmission records its uploads and batches.
         known: Batch objects the tick read from the listing, by id.
+        retry_invalid: The ``response_model`` whose invalid answers are retried.
+        retry_prompt_suffix: Added to the prompt of a retried invalid answer.
 
     Returns:
         The refreshed job, its next action and its new attempt, if one was made.
     """
     job = client.refresh(recorded.job, known=known)
     action = next_action(job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested)
-    if action != "resubmit":
+    may_retry = retry_invalid is not None and invalid_retry_allowed(
+        job, max_attempts=max_attempts, cancel_requested=recorded.cancel_requested
+    )
+    if action != "resubmit" and not (action == "collect" and may_retry):
         return Refreshed(recorded, job, action)
-    new_job = client.resubmit(job, ledger=ledger)
+    new_job = client.resubmit(
+        job,
+        ledger=ledger,
+        response_model=retry_invalid if may_retry else None,
+        retry_prompt_suffix=retry_prompt_suffix,
+    )
     if new_job.attempt == job.attempt:  # nothing was left to resubmit
         return Refreshed(recorded, job, "collect")
-    return Refreshed(recorded, job, action, resubmitted=new_job)
+    return Refreshed(recorded, job, "resubmit", resubmitted=new_job)
 
 
 def abandon(client: InferenceBatchClient, recorded: RecordedJob) -> Abandoned:
@@ -236,7 +254,16 @@ def carry_out(
         if kind == "abandon":
             return abandon(client, recorded)
         ledger = spec.ledger(instance, recorded.partition)
-        return advance(client, recorded, spec.limits.max_attempts, ledger, known)
+        limits = spec.limits
+        return advance(
+            client,
+            recorded,
+            limits.max_attempts,
+            ledger,
+            known,
+            retry_invalid=spec.requests.structured if limits.retry_invalid_output else None,
+            retry_prompt_suffix=limits.retry_prompt_suffix,
+        )
 
     try:
         # many jobs: their batches from the listing, 100 a call, in half the budget
@@ -292,6 +319,7 @@ def gather_tick(
         not_reached=not_reached,
         runs=runs,
         provider=resource.provider_metadata(),
+        dashboard_url=resource.dashboard_url,
         now=time.time(),
         read_at=read_at,
     )

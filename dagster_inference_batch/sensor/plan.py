@@ -4,7 +4,9 @@ What the plan does with each slot (partition):
 
 - records an ``AssetObservation`` on ``<name>_batch`` when the status or attempt changed,
   or progress moved by ``progress_step_percent`` or ``progress_step_seconds`` passed since
-  the last one (so a 24 h batch writes tens of observations, not thousands);
+  the last one (so a 24 h batch writes tens of observations, not thousands), with the
+  pace, the ETA and the provider's links;
+- reports ``<name>_batch_on_time`` (``on_time_check``) when its verdict changed;
 - records a resubmitted remainder as a new ``<name>_batch`` materialization;
 - once every shard is final, requests the ``<name>_collect`` run (see ``results_runs``),
   and records it once when it gives up (``inference_batch/results_gave_up``);
@@ -23,6 +25,7 @@ import dagster as dg
 from ..batch_record import BatchJob
 from ..metadata import batch_metadata, progress_metadata
 from ..metadata_set import InferenceBatchMetadataSet
+from ..on_time_check import judge, on_time_evaluation
 from ..state import RecordedJob
 from .results_runs import RESULTS_FOR_TAG, STATUS_TAG, ResultsRun, decide_results, results_for
 from .summary import TickSummary
@@ -41,6 +44,12 @@ from .tick import (
 def _signature(job: BatchJob) -> str:
     counts = job.request_counts()
     return f"{job.status}|{job.attempt}|{counts['completed']}|{counts['failed']}|{counts['total']}"
+
+
+def _left(job: BatchJob) -> str:
+    """What a resubmission took from ``job``: its expired or cancelled remainder, or (a
+    completed job) the answers that did not validate."""
+    return "was unanswered or did not validate" if job.status == "completed" else job.status
 
 
 def _percent(completed: int, failed: int, total: int) -> float:
@@ -116,15 +125,33 @@ class _Planner:
             dg.AssetObservation(
                 asset_key=self.batch_key,
                 partition=self.by_slot[slot].partition,
-                metadata=progress_metadata(job),
+                metadata=progress_metadata(job, now=state.now, dashboard_url=state.dashboard_url),
             )
         )
         plan.cursor.update(progress=_signature(job), progress_at=state.now)
+
+    def on_time(self, slot: str, job: BatchJob, plan: SlotPlan) -> None:
+        """Report ``<name>_batch_on_time`` when its verdict on the job changed."""
+        options = self.settings.on_time
+        if options is None:
+            return
+        recorded = self.by_slot[slot]
+        verdict = judge(job, self.state.now, options)
+        reported = f"{recorded.storage_id}:{verdict.verdict}"
+        if self.state.cursor.on_time.get(slot) == reported:
+            return
+        plan.events.append(
+            on_time_evaluation(verdict, self.name, self.batch_key, recorded.partition)
+        )
+        plan.cursor["on_time"] = reported
+        if not verdict.passed:
+            plan.warnings.append(f"{self.name}: {where(slot)}: {verdict.description}")
 
     def refreshed(self, slot: str, outcome: Refreshed) -> SlotPlan:
         """A slot refreshed this tick: progress, a resubmission, or its results run."""
         plan = SlotPlan("in_flight", job=outcome.job)
         self.progress(slot, outcome.job, plan)
+        self.on_time(slot, outcome.job, plan)
         new_job = outcome.resubmitted
         if new_job is not None:
             job = outcome.job
@@ -132,7 +159,7 @@ class _Planner:
                 dg.AssetMaterialization(
                     asset_key=self.batch_key,
                     partition=outcome.recorded.partition,
-                    description=f"attempt {new_job.attempt}: resubmitted what {job.status} "
+                    description=f"attempt {new_job.attempt}: resubmitted what {_left(job)} "
                     f"in attempt {job.attempt}",
                     metadata={**batch_metadata(new_job), **self.state.provider},
                 )
@@ -140,7 +167,7 @@ class _Planner:
             plan.cursor.update(progress=_signature(new_job), progress_at=self.state.now)
             plan.job = new_job
             plan.infos.append(
-                f"{self.name}: resubmitted the {job.status} remainder of {where(slot)} "
+                f"{self.name}: resubmitted what {_left(job)} of {where(slot)} "
                 f"as attempt {new_job.attempt}"
             )
         elif outcome.action == "collect":

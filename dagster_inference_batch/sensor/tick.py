@@ -14,6 +14,7 @@ from typing import Any, Literal
 import dagster as dg
 
 from ..batch_record import BatchJob
+from ..on_time_check import OnTimeOptions
 from ..spec import DEFAULT_PROGRESS_STEP_PERCENT, DEFAULT_PROGRESS_STEP_SECONDS
 from ..state import Action, RecordedJob, UnreadableJob
 from .cursor import SensorCursor
@@ -34,6 +35,7 @@ class SensorSettings:
     cancel_orphaned: bool = True
     progress_step_percent: float = DEFAULT_PROGRESS_STEP_PERCENT
     progress_step_seconds: float = DEFAULT_PROGRESS_STEP_SECONDS
+    on_time: OnTimeOptions | None = None  # thresholds of <name>_batch_on_time, if declared
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class TickState:
     not_reached: Sequence[str] = ()
     runs: Mapping[str, Sequence[ResultsRun] | BaseException] = field(default_factory=dict)
     provider: Mapping[str, str] = field(default_factory=dict)  # metadata naming the provider
+    dashboard_url: str | None = None  # the provider's page of a batch ({batch_id}), if any
     now: float = 0.0  # unix seconds
     read_at: float = 0.0  # when the event log was read
 
@@ -95,7 +98,7 @@ class TickState:
 class TickPlan:
     """What a tick hands to Dagster, and the lines for its log."""
 
-    asset_events: list[dg.AssetObservation | dg.AssetMaterialization]
+    asset_events: list[dg.AssetObservation | dg.AssetMaterialization | dg.AssetCheckEvaluation]
     run_requests: list[dg.RunRequest]
     cursor: SensorCursor
     skip_reason: str | None
@@ -112,7 +115,9 @@ class SlotPlan:
 
     state: SlotState
     job: BatchJob | None = None  # for "in_flight": the job as last seen
-    events: list[dg.AssetObservation | dg.AssetMaterialization] = field(default_factory=list)
+    events: list[dg.AssetObservation | dg.AssetMaterialization | dg.AssetCheckEvaluation] = field(
+        default_factory=list
+    )
     run_requests: list[dg.RunRequest] = field(default_factory=list)
     cursor: dict[str, Any] = field(default_factory=dict)  # cursor entry -> this slot's value
     warnings: list[str] = field(default_factory=list)

@@ -9,6 +9,7 @@ beside the ``defs.yaml``; an inline ``resource`` is bound under ``resource_key``
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import traceback
@@ -29,8 +30,11 @@ from dagster.components.resolved.core_models import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ...assets import InferenceBatchDefinitions, build_inference_batch_assets
+from ...on_time_check import OnTimeOptions
 from ...request_lines import CHAT_ENDPOINT
 from ...resource import InferenceBatchResource
+from ...schedules import ScheduleOptions
+from ...structured_output import DEFAULT_RETRY_PROMPT_SUFFIX
 from .scaffolder import InferenceBatchScaffolder
 
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
@@ -168,6 +172,23 @@ class ResourceModel(dg.Resolvable, dg.Model):
         return InferenceBatchResource(**{k: v for k, v in settings.items() if v is not None})
 
 
+class ScheduleModel(dg.Resolvable, dg.Model):
+    """``schedule:`` as an object: the cron string and its options (``ScheduleOptions``)."""
+
+    cron: str
+    timezone: str | None = None
+    default_status: Literal["stopped", "running"] = "stopped"
+    partition_keys: list[str] | None = None
+
+
+class OnTimeModel(dg.Resolvable, dg.Model):
+    """``on_time:`` thresholds of ``<name>_batch_on_time`` (``OnTimeOptions``)."""
+
+    warn_fraction: float = Field(default=0.75, gt=0, le=1)
+    error_margin_seconds: float = Field(default=3600.0, ge=0)
+    completion_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+
 @dg.scaffold_with(InferenceBatchScaffolder)
 class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     """Runs an upstream DataFrame's rows through an LLM Batch API, declared in YAML.
@@ -188,6 +209,9 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         ['insights_input_file', 'insights_batch', 'insights_results']
         >>> pipeline.spec.requests.messages({"text": "Great!"})
         [{'role': 'user', 'content': 'Review: Great!'}]
+        >>> scheduled = component.model_copy(update={"schedule": "0 6 * * *"})
+        >>> scheduled.build_pipeline().schedule.name
+        'insights_schedule'
     """
 
     model_config = ConfigDict(
@@ -247,6 +271,24 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     parse_content: Annotated[
         Literal["json"] | None, _doc("'json': each answer's JSON keys become result columns.")
     ] = None
+    response_model: Annotated[
+        dict[str, Any] | str | None,
+        _doc(
+            "Structured output, validated, as typed columns: a Pydantic model by its dotted "
+            "path ('my_pkg.models.Insight' or 'my_pkg.models:Insight'), or a JSON schema, "
+            "inline or as a .json file path relative to this defs.yaml. Not with "
+            "response_format or parse_content."
+        ),
+    ] = None
+    retry_invalid_output: Annotated[
+        bool, _doc("Resubmit the answers that do not validate, within max_attempts.")
+    ] = False
+    retry_prompt_suffix: Annotated[
+        str | None, _doc("Added to a retried row's prompt (null: resent as it was).")
+    ] = DEFAULT_RETRY_PROMPT_SUFFIX
+    max_invalid_output_rate: Annotated[
+        float, _doc("Share of invalid answers above which the valid-output check warns.")
+    ] = Field(default=0.02, ge=0, le=1)
     partitions_def: Annotated[
         dg.PartitionsDefinition | None,
         dg.Resolver(
@@ -303,6 +345,23 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             "(s3://bucket/prefix); default: the instance's storage directory."
         ),
     ] = None
+    schedule: Annotated[
+        str | ScheduleModel | None,
+        _doc(
+            "Submit on a cron schedule ('0 6 * * *'), or {cron, timezone, default_status, "
+            "partition_keys}; stopped by default. Daily partitions: the day that just closed."
+        ),
+    ] = None
+    on_time: Annotated[
+        bool | OnTimeModel,
+        _doc(
+            "The <name>_batch_on_time check: true (default), false, or {warn_fraction, "
+            "error_margin_seconds, completion_window_seconds}."
+        ),
+    ] = True
+    results_freshness: Annotated[
+        bool, _doc("With a schedule, a freshness policy on the results.")
+    ] = True
     resource_key: Annotated[str, _doc("Key of the InferenceBatchResource.")] = "inference_batch"
     resource: Annotated[
         ResourceModel | None,
@@ -322,6 +381,10 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             )
         if self.messages is not None and not self.messages:
             raise ValueError("messages: give at least one message")
+        if self.response_model is not None:
+            for other in ("response_format", "parse_content"):
+                if getattr(self, other) is not None:
+                    raise ValueError(f"give response_model or {other}, not both")
         return self
 
     @classmethod
@@ -357,8 +420,9 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             What ``build_inference_batch_assets`` returns for the same arguments.
 
         Raises:
-            ValueError: ``response_format`` both here and in ``body_params``, or a file
-                that is missing or not JSON.
+            ValueError: ``response_format`` both here and in ``body_params``, a file
+                that is missing or not JSON, or a ``response_model`` that cannot be
+                imported.
         """
         return build_inference_batch_assets(
             self.name,
@@ -369,6 +433,10 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             **self._prompt(),
             body_params=self._body_params(defs_dir or Path.cwd()),
             parse_content=json.loads if self.parse_content == "json" else None,
+            response_model=_response_model(self.response_model, defs_dir or Path.cwd()),
+            retry_invalid_output=self.retry_invalid_output,
+            retry_prompt_suffix=self.retry_prompt_suffix,
+            max_invalid_output_rate=self.max_invalid_output_rate,
             partitions_def=self.partitions_def,
             resource_key=self.resource_key,
             max_attempts=self.max_attempts,
@@ -384,7 +452,20 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             owners=self.owners,
             tags=self.tags,
             asset_spec_overrides=self.asset_spec_overrides,
+            schedule=self._schedule(),
+            on_time=(
+                OnTimeOptions(**self.on_time.model_dump())
+                if isinstance(self.on_time, OnTimeModel)
+                else self.on_time
+            ),
+            results_freshness=self.results_freshness,
         )
+
+    def _schedule(self) -> str | ScheduleOptions | None:
+        """The factory's ``schedule``: a cron string as given, an object as options."""
+        if isinstance(self.schedule, ScheduleModel):
+            return ScheduleOptions(**self.schedule.model_dump())
+        return self.schedule
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """The pipeline's definitions, with the inline ``resource`` if there is one."""
@@ -418,6 +499,40 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         return params
 
 
+def _response_model(value: dict[str, Any] | str | None, defs_dir: Path) -> Any:
+    """The ``response_model`` field as the factory takes it: a schema dict as is, a
+    ``.json`` path read (relative to the ``defs.yaml``), a dotted path imported.
+
+    Example:
+        >>> _response_model("pydantic:BaseModel", Path("."))
+        <class 'pydantic.main.BaseModel'>
+    """
+    if value is None or isinstance(value, dict):
+        return value
+    if value.endswith(".json"):
+        return _json_file(defs_dir / value, "response_model")
+    module_name, _, attribute = value.rpartition(":") if ":" in value else value.rpartition(".")
+    if not module_name:
+        raise ValueError(f"response_model: {value!r} is not a dotted path to a model")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"response_model: cannot import {value!r} ({error})") from None
+
+
+def _json_file(path: Path, field: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a ValueError naming ``field`` otherwise."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{field}: no file {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{field}: {path} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{field}: {path} holds no JSON object")
+    return value
+
+
 def _response_format(value: dict[str, Any] | str, name: str, defs_dir: Path) -> dict[str, Any]:
     """A ``response_format`` object from an inline value or a ``.json`` file; a bare JSON
     schema is wrapped as a strict ``json_schema`` format named after the pipeline.
@@ -427,15 +542,7 @@ def _response_format(value: dict[str, Any] | str, name: str, defs_dir: Path) -> 
         'insights'
     """
     if isinstance(value, str):
-        path = defs_dir / value
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"response_format: no file {path}") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"response_format: {path} is not JSON ({error})") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"response_format: {path} holds no JSON object")
+        value = _json_file(defs_dir / value, "response_format")
     if value.get("type") in _RESPONSE_FORMAT_TYPES:
         return value
     return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": value}}

@@ -1,0 +1,163 @@
+"""The demo, a backfill and a race under `dagster dev` on a Postgres-backed instance.
+
+`dagster dev` (webserver + daemon) serves `tests/postgres_e2e_defs.py` (the demo and a
+partitioned pipeline) on a `DAGSTER_HOME` whose run, event-log and schedule storage are
+in Postgres and whose runs are queued (`tests/postgres_fixtures.py`); the default run
+launcher starts every run in a process of its own. In turn:
+
+- the demo: `review_insights_daily` submits, the daemon's sensor collects, and the
+  summary follows; the answers are in the results' materialization in the event log;
+- a backfill submits twenty partitions at once, and the sensor collects them all;
+- two runs submit one partition at the same moment, and end on one batch per shard.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster_graphql import DagsterGraphQLClient
+
+from tests.dagster_dev import REPO, start_dagster_dev, stop_group, wait_for
+from tests.dagster_harness import Harness
+from tests.postgres_e2e_defs import BACKFILL, RACE, SUBMIT_JOB, partitions
+from tests.test_graph_idempotency import (
+    RACE_ROWS,
+    assert_one_live_batch_per_shard_and_both_runs_agree,
+)
+
+# about 45 runs, each a Python process loading the code location: minutes on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1200)]
+RUNS_SECONDS = 900
+
+LOCATION_NAME = "tests.postgres_e2e_defs"
+LOCATION = ("-d", str(REPO), "-m", LOCATION_NAME)
+REVIEWS = 60
+BACKFILL_MUTATION = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+STARTED = re.compile(r"Started process for run \(pid: (\d+)\)")
+
+
+def launch_backfill(dev, partition_names: list[str]) -> str:
+    params = {
+        "selector": {
+            "partitionSetName": f"{SUBMIT_JOB}_partition_set",
+            "repositorySelector": {
+                "repositoryLocationName": LOCATION_NAME,
+                "repositoryName": "__repository__",
+            },
+        },
+        "partitionNames": partition_names,
+    }
+    launched = dev.graphql(BACKFILL_MUTATION, params=params)["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return launched["backfillId"]
+
+
+def results_done(harness: Harness, names: list[str]) -> bool:
+    return all(harness.results_done(p) for p in names)
+
+
+def test_demo_backfill_and_race_on_postgres_each_run_in_its_own_process(
+    postgres_home: Path, batch_server, tmp_path: Path
+) -> None:
+    server = batch_server(validating_seconds=0.2, finalizing_seconds=0.2)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
+    env.update(REVIEW_INSIGHTS_SENSOR_INTERVAL="2", POSTGRES_E2E_BARRIER=str(barrier))
+    with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
+        instance.get_runs(limit=1)  # the schema, made once before dagster dev's processes
+        env["INFERENCE_BASE_URL"] = server.base_url
+        harness = Harness(instance, server.base_url, rows=RACE_ROWS, partitions_def=partitions)
+        process, dev = start_dagster_dev(postgres_home, env, LOCATION)
+        try:
+            client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
+            client.submit_job_execution("review_insights_daily")
+            wait_for(
+                lambda: dev.latest("review_sentiment_summary") is not None,
+                "the demo's review_sentiment_summary",
+                process,
+                postgres_home,
+                timeout=RUNS_SECONDS,
+            )
+            backfill_id = launch_backfill(dev, BACKFILL)
+            wait_for(
+                lambda: results_done(harness, BACKFILL),
+                "the sensor to collect the backfill's twenty partitions",
+                process,
+                postgres_home,
+                timeout=RUNS_SECONDS,
+            )
+            racers = [
+                client.submit_job_execution(SUBMIT_JOB, tags={"dagster/partition": RACE})
+                for _ in range(2)
+            ]
+            wait_for(
+                lambda: (
+                    harness.results_done(RACE)
+                    and all(client.get_run_status(r) == dg.DagsterRunStatus.SUCCESS for r in racers)
+                ),
+                "both racing runs and the race partition's results",
+                process,
+                postgres_home,
+                timeout=RUNS_SECONDS,
+            )
+        finally:
+            stop_group(process)
+
+        # the demo: submitted, collected by the sensor, summarized; answers in the event log
+        (results,) = instance.fetch_materializations(
+            dg.AssetKey("review_insights_results"), limit=10
+        ).records
+        metadata = results.asset_materialization.metadata
+        assert metadata["inference_batch/succeeded"].value == REVIEWS
+        tables = [v for v in metadata.values() if isinstance(v, dg.TableMetadataValue)]
+        answers = [r.data for table in tables for r in table.records]
+        assert answers and all(a.get("status") == "succeeded" for a in answers), metadata.keys()
+        assert any(a.get("sentiment") or a.get("content") for a in answers), answers[:2]
+        summary = instance.fetch_materializations(
+            dg.AssetKey("review_sentiment_summary"), limit=1
+        ).records[0]
+        assert summary.asset_materialization.metadata["reviews_answered"].value == REVIEWS
+
+        # the backfill: every partition submitted once and collected once, every row answered
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None and backfill.status == dg.BulkActionStatus.COMPLETED
+        for partition in BACKFILL:
+            assert len(harness.materializations(harness.pipeline.batch_key, partition)) == 1
+            (collected,) = harness.materializations(harness.pipeline.results_key, partition)
+            assert collected.metadata["inference_batch/succeeded"].value == RACE_ROWS
+
+        # the race: one live batch per shard, and both runs record exactly those
+        duplicates = assert_one_live_batch_per_shard_and_both_runs_agree(
+            server, postgres_home, server.base_url, [RACE]
+        )
+        print(f"race: {duplicates} duplicates made and cancelled")
+        frame = harness.results_frame(RACE)
+        assert Counter(frame["status"]) == {"succeeded": RACE_ROWS}
+
+        # every run queued, then launched in a process of its own
+        runs = instance.get_runs()
+        assert len(runs) >= 1 + len(BACKFILL) * 2 + 2 + 1  # + sensor and automation runs
+        pids = []
+        for run in runs:
+            assert run.status == dg.DagsterRunStatus.SUCCESS, (run.job_name, run.status)
+            logs = instance.all_logs(run.run_id)
+            types = {e.dagster_event.event_type for e in logs if e.dagster_event}
+            assert dg.DagsterEventType.RUN_ENQUEUED in types, run.job_name
+            started = [STARTED.search(e.message or "") for e in logs]
+            pids += [int(m.group(1)) for m in started if m]
+        assert len(pids) == len(runs) == len(set(pids)), "runs shared a process"
+        assert process.pid not in pids
