@@ -5,7 +5,9 @@ values), written to ``<location>/part-0.parquet`` in row groups of a few thousan
 through fsspec (a local path, ``s3://``, ``gs://``, ...). Two passes over the files: the
 first keeps only each line's id, status and attempt to pick every id's best line, the
 second parses again and writes the winning lines, in file order, with their input
-columns; ids that no line answers come last. Memory follows the ids, never the answers.
+columns; ids that no line answers come last. Memory follows the ids, never the answers:
+the requested ids are found by 64-bit hash (``id_index``), confirmed by string, and pass 1
+keeps 8 bytes per line.
 The summary the metadata and checks need is added up while writing.
 """
 
@@ -22,12 +24,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from .id_index import IdIndex
 from .result_bodies import EMBEDDING_COLUMN
 from .result_join import (
     _table,
     input_columns,
     mark_unanswered,
-    raise_if_repeated,
     to_frame,
 )
 from .results import CHUNK_SCHEMA, ResultFile, parse_chunks
@@ -92,34 +94,30 @@ def _filesystem(
     return fsspec.core.url_to_fs(url)
 
 
-def _winners(files: Sequence[ResultFile], wanted: pa.Array) -> tuple[np.ndarray, np.ndarray, bool]:
+def _winners(files: Sequence[ResultFile], index: IdIndex) -> tuple[np.ndarray, np.ndarray, bool]:
     """First pass: for each line, the wanted position it answers (-1: none), for each
     wanted id whether a line answers it, and whether any line holds embeddings.
 
-    Each line keeps its id and a rank, ``succeeded << 62 | attempt << 32 | line``, so an
-    id's best line (a success, else the latest attempt, else the later line; as
-    ``merge_attempts``) is the one of highest rank: one ``maximum.at``, no sort.
+    Each line gets a rank, ``succeeded << 62 | attempt << 32 | line``, so an id's best
+    line (a success, else the latest attempt, else the later line; as
+    ``merge_attempts``) is the one of highest rank: one ``maximum.at`` per chunk into
+    one slot per wanted id, no sort, and nothing kept per line but that slot.
     """
-    ids, ranks, has_vectors, lines = [], [], False, 0
+    wanted = index.size
+    best = np.full(wanted + 1, -1, dtype=np.int64)  # unwanted lines go to the extra slot
+    has_vectors, lines = False, 0
     for chunk in parse_chunks(files):
         succeeded = pc.fill_null(pc.equal(chunk["status"], "succeeded"), False).to_numpy(
             zero_copy_only=False
         )
         attempt = pc.fill_null(chunk["attempt"], 0).to_numpy().astype(np.int64)
         line = np.arange(lines, lines + chunk.num_rows, dtype=np.int64)
-        ranks.append((succeeded.astype(np.int64) << 62) | (attempt << 32) | line)
-        ids.append(chunk["custom_id"])
+        rank = (succeeded.astype(np.int64) << 62) | (attempt << 32) | line
+        place = index.positions(chunk["custom_id"])
+        place[place < 0] = wanted
+        np.maximum.at(best, place, rank)
         has_vectors = has_vectors or chunk[EMBEDDING_COLUMN].null_count < chunk.num_rows
         lines += chunk.num_rows
-    rank = np.concatenate([np.zeros(0, np.int64), *ranks])
-    del ranks
-    # one hash of the wanted ids for every line; unwanted lines go to the extra slot
-    places = pc.index_in(pa.chunked_array(ids, pa.large_string()), value_set=wanted)
-    del ids
-    place = places.fill_null(len(wanted)).to_numpy().astype(np.int64)
-    del places
-    best = np.full(len(wanted) + 1, -1, dtype=np.int64)
-    np.maximum.at(best, place, rank)
     answered = best[:-1] >= 0
     target = np.full(lines, -1, dtype=np.int64)
     target[best[:-1][answered] & 0xFFFFFFFF] = np.flatnonzero(answered)
@@ -221,8 +219,13 @@ def write_results_dataset(
         ids = custom_ids.cast(pa.large_string())
     else:
         ids = pa.array(map(str, custom_ids), pa.large_string(), size=len(custom_ids))
-    raise_if_repeated(ids, "a results dataset holds each requested id once; they repeat")
-    target, answered, has_vectors = _winners(files, ids)
+    index = IdIndex(ids)
+    if index.repeated is not None:
+        raise ValueError(
+            f"a results dataset holds each requested id once; they repeat {index.repeated!r}"
+        )
+    target, answered, has_vectors = _winners(files, index)
+    del index
     columns = [f.name for f in CHUNK_SCHEMA if has_vectors or f.name != EMBEDDING_COLUMN]
     extra = input_columns(inputs, ids, columns, id_column) if inputs is not None else None
     writer = _Writer(location, filesystem, extra, frozenset(from_store))

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from dagster_inference_batch import results
+from dagster_inference_batch import id_index, results
 from dagster_inference_batch.batch_record import BatchJob
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from dagster_inference_batch.results import collect_results
@@ -126,6 +126,29 @@ def test_the_summary_is_the_in_memory_one(attempts, tmp_path) -> None:
     usage = {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}
     assert results_summary(summary, job, usage, None) == results_summary(frame, job, usage, None)
     assert failure_rate(summary) == failure_rate(frame) == 0.325
+
+
+def _digits_or_3(ids) -> np.ndarray:
+    """A weak hash: ``id-<n>`` hashes to n, anything else to 3 (``id-3``'s hash)."""
+    texts = ids.to_pylist()
+    return np.array([int(s[3:]) if s.startswith("id-") else 3 for s in texts], np.uint64)
+
+
+@pytest.mark.parametrize(
+    "weak_hash",
+    [lambda ids: np.zeros(len(ids), np.uint64), _digits_or_3],
+    ids=["every id one hash", "a stranger shares id-3's hash"],
+)
+def test_hash_collisions_never_attach_an_answer_to_another_id(
+    attempts, tmp_path, monkeypatch, weak_hash
+) -> None:
+    monkeypatch.setattr(id_index, "hash_ids", weak_hash)
+    handle = write_results_dataset(attempts, WANTED, str(tmp_path / "ds"), INPUTS)
+    expected = in_memory(attempts, WANTED, INPUTS)
+    pd.testing.assert_frame_equal(by_id(handle.to_pandas()), by_id(expected), check_dtype=False)
+    assert "stranger" not in set(handle.to_pandas()["custom_id"])
+    with pytest.raises(ValueError, match="they repeat 'id-1'"):
+        write_results_dataset(attempts, [*WANTED, "id-1"], str(tmp_path / "ds2"))
 
 
 def test_any_fsspec_url(attempts) -> None:
