@@ -781,6 +781,7 @@ class InferenceBatchClient:
         *,
         id_column: str = "custom_id",
         response_model: Any = None,
+        keep_files: bool = False,
     ) -> pd.DataFrame:
         """One row per request, joined by custom_id across every shard and attempt.
 
@@ -794,6 +795,8 @@ class InferenceBatchClient:
                 ``error_message``; a valid answer of any attempt beats it), and the
                 fields of the valid answers become typed columns, before the input
                 columns (see ``structured_output``).
+            keep_files: Keep the job's files even with ``delete_files_after_results``
+                (a caller that may still resubmit deletes them later).
 
         Returns:
             ``custom_id``, ``status`` (``succeeded``, ``invalid_output``, ``failed``,
@@ -821,7 +824,7 @@ class InferenceBatchClient:
             answer_store=store,
             structured=structured_output(response_model),
         )
-        if self.delete_files_after_results:
+        if self.delete_files_after_results and not keep_files:
             self.delete_files(job)
         return frame
 
@@ -833,6 +836,7 @@ class InferenceBatchClient:
         *,
         id_column: str = "custom_id",
         filesystem: fsspec.AbstractFileSystem | None = None,
+        keep_files: bool = False,
     ) -> ResultsDataset:
         """The rows of ``results``, streamed into a Parquet dataset instead of memory.
 
@@ -846,6 +850,7 @@ class InferenceBatchClient:
             inputs: The rows the requests were built from; their columns are added.
             id_column: The column of ``inputs`` holding the custom_ids.
             filesystem: The fsspec filesystem to write with (default: from ``location``).
+            keep_files: Keep the job's files even with ``delete_files_after_results``.
 
         Returns:
             A ``ResultsDataset``: ``.dataset()`` (``pyarrow.dataset``), ``.to_pandas()``,
@@ -873,7 +878,7 @@ class InferenceBatchClient:
             answer_store=store,
             filesystem=filesystem,
         )
-        if self.delete_files_after_results:
+        if self.delete_files_after_results and not keep_files:
             self.delete_files(job)
         return handle
 

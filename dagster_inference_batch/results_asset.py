@@ -146,9 +146,15 @@ def _joined_results(
         if spec.results_format == "parquet_dataset":
             url = spec.results_url(context)
             context.log.info(f"streaming the results into the Parquet dataset {url}")
-            return client.results_dataset(job, url, inputs=upstream, id_column=id_column)
+            return client.results_dataset(
+                job, url, inputs=upstream, id_column=id_column, keep_files=True
+            )
         frame = client.results(
-            job, inputs=upstream, id_column=id_column, response_model=spec.requests.structured
+            job,
+            inputs=upstream,
+            id_column=id_column,
+            response_model=spec.requests.structured,
+            keep_files=True,  # deleted once materialized: a retry of invalid answers reads them
         )
     except BatchFailedError as exc:
         raise dg.Failure(
@@ -218,15 +224,17 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             if job is None:
                 return
             results = _joined_results(context, client, recorded, job, upstream, spec)
-        summary = summary_of(results)
-        if _invalid_retry_due(summary, job, recorded, spec):
-            context.log.info(
-                f"{summary.statuses[INVALID_OUTPUT]} answers did not validate: "
-                f"the sensor {spec.sensor_name} will resubmit them (attempt {job.attempt + 1} "
-                f"of {spec.limits.max_attempts}) and then materialize "
-                f"{spec.results_key.to_user_string()}."
-            )
-            return
+            summary = summary_of(results)
+            if _invalid_retry_due(summary, job, recorded, spec):
+                context.log.info(
+                    f"{summary.statuses[INVALID_OUTPUT]} answers did not validate: the sensor "
+                    f"{spec.sensor_name} will resubmit them (attempt {job.attempt + 1} of "
+                    f"{spec.limits.max_attempts}) and then materialize "
+                    f"{spec.results_key.to_user_string()}."
+                )
+                return  # the files stay: the retry and the merged results read them
+            if client.delete_files_after_results:
+                client.delete_files(job)
         cost = resource.cost(summary.batch_tokens)  # what this job paid for
         yield dg.Output(
             results,

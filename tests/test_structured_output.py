@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import dagster as dg
+import openai
 import orjson
 import pandas as pd
 import pytest
@@ -282,11 +283,17 @@ def _checks(run: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation
     return {e.check_name: e for e in run.get_asset_check_evaluations()}
 
 
-def test_the_sensor_retries_invalid_answers_and_they_end_valid(batch_server, instance):
+@pytest.mark.parametrize("delete_files", [False, True], ids=["keep-files", "delete-files"])
+def test_the_sensor_retries_invalid_answers_and_they_end_valid(
+    batch_server, instance, delete_files
+):
+    """With ``delete_files_after_results`` the first attempt's files outlive the step that
+    found invalid answers: the retry and the merged results still read them."""
     server = batch_server(invalid_output_rate=INVALID_RATE, seed=RETRY_SEED)
     harness = Harness(
         instance, server.base_url, rows=RETRY_ROWS, response_model=Insight,
         retry_invalid_output=True, max_attempts=2, results_wait_seconds=30,
+        resource_options={"delete_files_after_results": delete_files},
     )  # fmt: skip
     keys = harness.pipeline
     first = harness.materialize(keys.input_file_key, keys.batch_key, keys.results_key)
@@ -305,6 +312,11 @@ def test_the_sensor_retries_invalid_answers_and_they_end_valid(batch_server, ins
     assert str(frame["mood"].dtype) == "category"
     checks = _checks(harness.collect_runs[-1])
     assert checks[f"{NAME}_results_valid_output"].passed
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="test-key")
+    outputs = {b.output_file_id for b in sdk.batches.list()}
+    kept = outputs & {f.id for f in sdk.files.list()}
+    assert len(outputs) == 2
+    assert kept == (set() if delete_files else outputs)  # deleted once materialized
 
 
 def test_without_the_retry_the_check_warns_and_the_summary_counts_by_error(batch_server, instance):
