@@ -23,7 +23,8 @@ import orjson
 from .answer_store import AnswerStore, StoredAnswer, answer_problem
 from .job_manifest import Manifest
 from .request_lines import EncodedRequests
-from .results import ResultFile
+from .results import ResultFile, answer_fields
+from .structured_output import StructuredOutput
 
 REUSED_ATTEMPT = 0
 """The attempt number of rows answered without a batch of this job."""
@@ -104,7 +105,11 @@ def plan_sending(
 
 
 def answers_for_unsent(
-    manifest: Manifest, files: list[ResultFile], store: AnswerStore, folder: Path
+    manifest: Manifest,
+    files: list[ResultFile],
+    store: AnswerStore,
+    folder: Path,
+    structured: StructuredOutput | None = None,
 ) -> tuple[list[ResultFile], list[str]]:
     """Result files answering the rows not sent; the batches' new answers stored.
 
@@ -113,13 +118,15 @@ def answers_for_unsent(
         files: The job's downloaded output and error files.
         store: The answer store.
         folder: Where to write the files made.
+        structured: The answers' expected shape: an answer that does not validate is not
+            stored, so the next run asks again instead of reusing it.
 
     Returns:
         The files (one per original batch, attempt ``REUSED_ATTEMPT``) and the
         custom_ids answered from the store.
     """
     by_id = dict(zip(manifest.custom_ids, manifest.fingerprints, strict=True))
-    fresh = dict(_successful_answers(files, by_id))
+    fresh = dict(_successful_answers(files, by_id, structured))
     unsent = manifest.unsent()
     known = store.lookup({f for _, _, f in unsent if f not in fresh} | set(fresh))
     store.put((answer for f, answer in fresh.items() if f not in known), checked=True)
@@ -143,9 +150,10 @@ def answers_for_unsent(
 
 
 def _successful_answers(
-    files: list[ResultFile], fingerprints: dict[str, str]
+    files: list[ResultFile], fingerprints: dict[str, str], structured: StructuredOutput | None
 ) -> Iterator[tuple[str, StoredAnswer]]:
-    """(fingerprint, answer) for each successful line of the output files."""
+    """(fingerprint, answer) for each successful (and, with ``structured``, valid) line of
+    the output files."""
     now = time.time()
     for file in files:
         if file.kind != "output":
@@ -162,7 +170,10 @@ def _successful_answers(
                 if fingerprint is None:
                     continue
                 response = record["response"]
-                usage = (response.get("body") or {}).get("usage") or {}
+                body = response.get("body") or {}
+                if structured is not None and structured.check(answer_fields(body)[0]):
+                    continue  # invalid_output: not worth keeping
+                usage = body.get("usage") or {}
                 yield (
                     fingerprint,
                     StoredAnswer(

@@ -49,9 +49,11 @@ def _job_files(
     inputs: pd.DataFrame | None,
     id_column: str,
     answer_store: AnswerStore | None,
+    structured: StructuredOutput | None = None,
 ) -> Iterator[_JobFiles]:
     """Download the job's result files (and the stored answers of an incremental job's
-    rows not sent) into a temporary folder, kept until the block ends."""
+    rows not sent) into a temporary folder, kept until the block ends. With
+    ``structured``, answers that do not validate are not stored."""
     raise_if_failed(job)
     if not job.is_final:
         raise BatchAPIError(f"job {job.idempotency_key} is still {job.status}")
@@ -61,7 +63,9 @@ def _job_files(
         manifest = read_manifest(job.manifest) if job.manifest else None
         from_store: list[str] = []
         if manifest is not None and answer_store is not None:
-            reused, from_store = answers_for_unsent(manifest, files, answer_store, folder)
+            reused, from_store = answers_for_unsent(
+                manifest, files, answer_store, folder, structured
+            )
             files = [*files, *reused]
         if inputs is not None:
             custom_ids = pa.array(inputs[id_column].astype(str), pa.large_string())
@@ -102,7 +106,7 @@ def job_results(
         BatchFailedError: A batch of the latest attempt failed.
         BatchAPIError: The job is not final, or a file could not be downloaded.
     """
-    with _job_files(provider, job, inputs, id_column, answer_store) as got:
+    with _job_files(provider, job, inputs, id_column, answer_store, structured) as got:
         wanted = got.custom_ids.to_pylist()
         frame = collect_results(
             got.files, wanted, inputs, id_column=id_column, structured=structured

@@ -168,12 +168,12 @@ def _any_fields(record: dict[str, Any]) -> tuple[Any, ...]:
         message = detail.get("message") or f"HTTP {status_code}"
         return (custom_id, "failed", None, None, None, str(code), message,
                 None, None, None, status_code, None)  # fmt: skip
-    content, finish, model, prompt, completion, total, vectors = _answer(body)
+    content, finish, model, prompt, completion, total, vectors = answer_fields(body)
     return (custom_id, "succeeded", content, finish, model, None, None, prompt,
             completion, total, status_code, vectors)  # fmt: skip
 
 
-def _answer(body: dict[str, Any]) -> tuple[Any, ...]:
+def answer_fields(body: dict[str, Any]) -> tuple[Any, ...]:
     """``(content, finish_reason, model, prompt, completion, total tokens, vectors)`` of a
     successful body: chat, completions, embeddings or Responses."""
     if "choices" not in body:

@@ -372,3 +372,26 @@ def test_the_component_takes_a_model_path_or_a_schema_file(tmp_path):
         InferenceBatchComponent(**common, response_model="insight.json", parse_content="json")
     with pytest.raises(ValueError, match="cannot import"):
         InferenceBatchComponent(**common, response_model="tests.nowhere.Model").build_pipeline()
+
+
+def test_only_valid_answers_are_kept_for_reuse(batch_server, tmp_path):
+    """An invalid answer is not stored: the next incremental run asks for that row again
+    instead of reusing an answer that failed its schema."""
+    server = batch_server(invalid_output_rate=0.5, seed=RETRY_SEED)
+    client = InferenceBatchClient(
+        api_key="k", base_url=str(server.base_url), answer_store=str(tmp_path / "answers")
+    )
+    rows = 12
+    encoded = build_requests(_frame(rows), prompt_column="text", model="m", response_model=Insight)
+    first = client.results(
+        client.wait(client.submit(encoded), poll_interval=0.1), response_model=Insight
+    )
+    valid = int((first["status"] == "succeeded").sum())
+    assert 0 < valid < rows
+
+    again = client.wait(client.submit(encoded), poll_interval=0.1)
+    assert again.rows_reused == valid  # the invalid rows went to the provider again
+    second = client.results(again, response_model=Insight)
+    reused = second["source"] == "store"
+    assert set(second.loc[reused, "status"]) == {"succeeded"}
+    assert reused.sum() == valid
