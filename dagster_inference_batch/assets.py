@@ -401,7 +401,7 @@ def build_inference_batch_assets(
         results_wait_seconds: How long ``<name>_results`` waits for the batches before
             leaving them to the sensor.
         sensor_interval_seconds: Minimum seconds between sensor ticks.
-        sensor_budget_seconds: Time a tick may spend refreshing batches.
+        sensor_budget_seconds: Time a whole tick may take (refreshes stop at 3/4 of it).
         cancel_orphaned: Cancel the batches of a partition that no longer exists.
         progress_step_percent: Record progress when it moved this much ...
         progress_step_seconds: ... or this long after the last record.

@@ -676,7 +676,8 @@ class InferenceBatchClient:
             seconds: Time the listing may take.
 
         Returns:
-            The provider's batch objects found, by id (empty below the threshold).
+            The provider's batches found (its JSON dicts), by id (empty below the
+            threshold).
 
         Example:
             >>> lines = [{"custom_id": "a", "body": {"model": "m", "prompt": "listed"}}]

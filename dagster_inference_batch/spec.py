@@ -30,7 +30,7 @@ from .upload_queue import UPLOAD_SECONDS_ALLOWED, EventLogUploadQueue
 if TYPE_CHECKING:
     from .resource import InferenceBatchResource
 
-DEFAULT_BUDGET_SECONDS = 40.0  # the daemon gives a sensor tick 60 s
+DEFAULT_BUDGET_SECONDS = 30.0  # a whole tick; the daemon gives a sensor tick 60 s
 DEFAULT_PROGRESS_STEP_PERCENT = 5.0  # record progress when it moved this much ...
 DEFAULT_PROGRESS_STEP_SECONDS = 600.0  # ... or this long after the last record
 
@@ -156,7 +156,7 @@ class PipelineLimits:
         results_wait_seconds: How long ``<name>_results`` waits for the batches before
             leaving them to the sensor.
         sensor_interval_seconds: Minimum seconds between sensor ticks.
-        sensor_budget_seconds: Time a tick may spend refreshing batches.
+        sensor_budget_seconds: Time a whole tick may take (refreshes stop at 3/4 of it).
         cancel_orphaned: Cancel the batches of a partition that no longer exists.
         progress_step_percent: Record progress when it moved this much ...
         progress_step_seconds: ... or this long after the last record.

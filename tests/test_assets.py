@@ -16,6 +16,7 @@ from dagster_inference_batch.batch_record import BatchJob
 from dagster_inference_batch.client import InferenceBatchClient
 from dagster_inference_batch.errors import BatchAPIError
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
+from dagster_inference_batch.sensor import gather
 from tests.dagster_harness import NAME, Harness
 
 CANCELLED_KEY = InferenceBatchMetadataSet.key("cancelled_batch_ids")
@@ -272,7 +273,7 @@ def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
     seen = []
     for _ in range(3):
         tick = harness.tick()
-        seen.append([e.partition for e in tick.asset_events])
+        seen.append(sorted({e.partition for e in tick.asset_events}))  # progress, on-time
         assert not tick.run_requests
         assert tick.skip_message == (
             "3 in flight (3 validating; 0/9 requests done); 2 not reached this tick, "
@@ -282,6 +283,28 @@ def test_sensor_carries_on_where_a_tick_ran_out_of_time(instance, batch_server):
 
     harness.tick_until(lambda: all(harness.results_done(k) for k in "abc"))
     assert len(harness.run_keys) == 3
+
+
+def test_the_sensor_budget_counts_from_the_start_of_the_tick(instance, batch_server, monkeypatch):
+    # the event log read takes the whole budget: only the first refresh still runs
+    server = batch_server(validating_seconds=12.0)
+    partitions = dg.StaticPartitionsDefinition(["a", "b", "c"])
+    harness = Harness(
+        instance, server.base_url, rows=3, partitions_def=partitions, sensor_budget_seconds=1.0
+    )
+    for key in partitions.get_partition_keys():
+        harness.submit(key)
+    read = gather.uncollected_jobs
+
+    def slow_read(*args, **kwargs):
+        time.sleep(1.0)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(gather, "uncollected_jobs", slow_read)
+    tick = harness.tick()
+
+    assert {e.partition for e in tick.asset_events} == {"a"}
+    assert tick.skip_message.endswith("2 not reached this tick, first next tick")
 
 
 @pytest.mark.slow

@@ -296,10 +296,10 @@ def test_a_partition_whose_events_cannot_be_built_does_not_fail_the_tick(
     harness.submit("b")
     original = sensor_module.progress_metadata
 
-    def progress_metadata(job):
+    def progress_metadata(job, **kwargs):
         if job.metadata.get("dagster_partition") == "a":
             raise ValueError("a value Dagster refuses")
-        return original(job)
+        return original(job, **kwargs)
 
     monkeypatch.setattr(sensor_module, "progress_metadata", progress_metadata)
 

@@ -197,7 +197,7 @@ def test_a_listing_refresh_sees_every_batch_and_retrieves_the_ones_not_listed(
     list_batches = ProviderCalls.list_batches
 
     def lagging(self: ProviderCalls, **kwargs: Any) -> Iterator[Any]:
-        return (b for b in list_batches(self, **kwargs) if b.id != unlisted)
+        return (b for b in list_batches(self, **kwargs) if b["id"] != unlisted)  # as_dicts
 
     monkeypatch.setattr(ProviderCalls, "list_batches", lagging)
     for batch_id in [*batch_ids.values(), unknown.id]:

@@ -108,6 +108,10 @@ class _Planner:
         self.state, self.settings = state, settings
         self.name, self.batch_key = settings.name, settings.batch_key
         self.by_slot = {slot_of(r): r for r in state.jobs}
+        # sets: a slot is looked up in each once per slot
+        self.settled_slots = set(state.work.settled)
+        self.requested_slots = set(state.work.requested)
+        self.not_reached = set(state.not_reached)
 
     def progress(self, slot: str, job: BatchJob, plan: SlotPlan) -> None:
         """Add a progress observation to ``plan`` when one is due."""
@@ -291,10 +295,10 @@ class _Planner:
             raise RuntimeError(f"could not check its partition: {state.unchecked[slot]}")
         if slot in state.gone:
             return self.gone(slot)
-        if slot in state.work.settled:
+        if slot in self.settled_slots:
             gave_up = state.cursor.gave_up.get(slot) == self.by_slot[slot].storage_id
             return SlotPlan("gave_up" if gave_up else "waiting")
-        if slot in state.work.requested:
+        if slot in self.requested_slots:
             return self.requested(slot)
         outcome = state.outcomes.get(slot)
         if isinstance(outcome, Refreshed):
@@ -353,6 +357,6 @@ def plan_tick(state: TickState, settings: SensorSettings) -> TickPlan:
         plan.infos.extend(slot_plan.infos)
         for entry, value in slot_plan.cursor.items():
             getattr(cursor, entry)[slot] = value
-        summary.add(slot, slot_plan, not_reached=slot in state.not_reached)
+        summary.add(slot, slot_plan, not_reached=slot in planner.not_reached)
     skip_reason = None if plan.run_requests else summary.describe()
     return dataclasses.replace(plan, skip_reason=skip_reason)

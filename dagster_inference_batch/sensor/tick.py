@@ -174,10 +174,12 @@ def plan_work(
             work.settled.append(slot)
         elif cursor.requested.get(slot) == sid and slot in cursor.run_keys:
             work.requested.append(slot)
-    active = [s for s in by_slot if s not in unchecked and s not in gone]
-    active = [s for s in active if s not in work.settled and s not in work.requested]
-    work.refresh.extend(s for s in cursor.resume if s in active)
-    work.refresh.extend(s for s in active if s not in work.refresh)
+    skipped = {*work.settled, *work.requested}
+    active = {s: None for s in by_slot if s not in unchecked and s not in gone}
+    active = {s: None for s in active if s not in skipped}  # dicts: ordered sets
+    first = {s: None for s in cursor.resume if s in active}
+    work.refresh.extend(first)
+    work.refresh.extend(s for s in active if s not in first)
     return work
 
 
