@@ -7,8 +7,9 @@ everything) in the UI; the sensor collects the results when the batch is done an
 summary follows by itself.
 
 With ``INFERENCE_API_KEY`` set the requests go to Inference.net (or to
-``INFERENCE_BASE_URL``); without it the demo opts in to the package's local Batch API
-server (``use_local_server=True``), whose answers are synthetic and say so in metadata.
+``INFERENCE_BASE_URL``); without either the demo runs on the package's local Batch API
+server (it opts in with ``local_server_without_key=True``), whose answers are synthetic
+and say so in metadata.
 """
 
 import os
@@ -55,15 +56,6 @@ def review_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """The chat messages asking for one review's insight."""
     review = f"Product: {row['product']}\nRating: {row['rating']} of 5\nReview: {row['text']}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": review}]
-
-
-def demo_resource() -> InferenceBatchResource:
-    """Inference.net with ``INFERENCE_API_KEY``; a server named by ``INFERENCE_BASE_URL``;
-    else the package's local server, opted in to explicitly (synthetic answers, and every
-    materialization says so in ``inference_batch/provider``)."""
-    if os.environ.get("INFERENCE_API_KEY"):
-        return InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))
-    return InferenceBatchResource(use_local_server=not os.environ.get("INFERENCE_BASE_URL"))
 
 
 review_insights = build_inference_batch_assets(
@@ -136,6 +128,10 @@ defs = dg.Definitions.merge(
                 minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
             )
         ],
-        resources={"inference_batch": demo_resource()},
+        resources={
+            # INFERENCE_API_KEY (Inference.net) or INFERENCE_BASE_URL when set, else the
+            # local server, whose answers are synthetic and say so in metadata
+            "inference_batch": InferenceBatchResource(local_server_without_key=True)
+        },
     ),
 )

@@ -24,6 +24,7 @@ from pydantic import Field
 from .cancel import build_cancel_job
 from .checks import build_results_checks
 from .content import ContentParser
+from .input_failures import empty_input_file, invalid_input_as_failure
 from .metadata import batch_metadata, incremental_metadata, input_file_metadata
 from .metadata_set import InferenceBatchMetadataSet
 from .on_time_check import OnTimeOptions, on_time_spec, submitted_result
@@ -168,10 +169,16 @@ def build_input_file_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     def input_file(
         context: dg.AssetExecutionContext, config: InputFileConfig, upstream: pd.DataFrame
     ) -> dg.MaterializeResult:
-        resource = spec.resource(context)
-        encoded = spec.requests.build(upstream, resource.provider)
         partition = partition_of(context)
-        with resource.get_client(upload_queue=spec.upload_queue(context, partition)) as client:
+        resource = spec.resource(context)
+        if len(upstream) == 0 and spec.allows_empty:
+            return empty_input_file(spec, partition, resource.provider_metadata(), context.log)
+        with invalid_input_as_failure(spec, upstream):
+            encoded = spec.requests.build(upstream, resource.provider)
+        with (
+            resource.get_client(upload_queue=spec.upload_queue(context, partition)) as client,
+            invalid_input_as_failure(spec, upstream),
+        ):
             job = client.upload(
                 encoded,
                 metadata={"dagster_asset": batch_name, "dagster_partition": partition or ""},
@@ -220,8 +227,10 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
         deps=[input_file_key],
         check_specs=check_specs or None,
         **{
-            "description": "Provider batches running the uploaded request lines; metadata "
-            "holds the BatchJob, observations plot progress.",
+            "description": "Provider batches running the uploaded request lines. A "
+            "materialization records what was submitted (submitted_status, provider_host, "
+            "batch_ids, expires_at, the BatchJob); live progress is in this asset's "
+            "observations (Events tab; Plots tab), recorded by the sensor.",
             **spec.asset_options("batch"),
         },
     )
@@ -244,14 +253,17 @@ def build_batch_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
             superseded = (
                 cancel_superseded_batches(client, previous, job, context.log) if previous else None
             )
-        context.log.info(
-            f"every row was answered already ({job.rows_reused} reused): no batch to create"
-            if job.answered_without_batches
-            else f"batches {', '.join(job.batch_ids)} are {job.status}"
-        )
+        if job.empty_input:
+            context.log.info("the upstream had no rows: no batch to create")
+        elif job.answered_without_batches:
+            context.log.info(
+                f"every row was answered already ({job.rows_reused} reused): no batch to create"
+            )
+        else:
+            context.log.info(f"batches {', '.join(job.batch_ids)} are {job.status}")
         return dg.MaterializeResult(
             metadata={
-                **batch_metadata(job),
+                **batch_metadata(job, resource.provider_label, resource.dashboard_url),
                 **resource.provider_metadata(),
                 **InferenceBatchMetadataSet(
                     idempotency=client.idempotency, superseded=superseded or None
@@ -362,6 +374,7 @@ def build_inference_batch_assets(
     retry_invalid_output: bool = False,
     retry_prompt_suffix: str | None = DEFAULT_RETRY_PROMPT_SUFFIX,
     max_invalid_output_rate: float = 0.02,
+    allow_empty: bool | None = None,
     group_name: str | None = None,
     key_prefix: str | Sequence[str] | None = None,
     owners: Sequence[str] | None = None,
@@ -422,6 +435,9 @@ def build_inference_batch_assets(
         retry_prompt_suffix: Added to a retried row's prompt (None: resent as it was).
         max_invalid_output_rate: Share of ``invalid_output`` rows above which
             ``<name>_results_valid_output`` warns.
+        allow_empty: An upstream with no rows materializes empty results with a note
+            and creates no batch; otherwise it fails the run. Default: allowed when
+            partitioned (a quiet day), not when unpartitioned.
         group_name: The asset group of the pipeline's assets.
         key_prefix: Put before the three asset keys (a string or its parts); the jobs'
             and the sensor's names take it too, joined by ``__``.
@@ -505,6 +521,7 @@ def build_inference_batch_assets(
             retry_invalid_output=retry_invalid_output,
             retry_prompt_suffix=retry_prompt_suffix,
             max_invalid_output_rate=max_invalid_output_rate,
+            allow_empty=allow_empty,
         ),
         parse_content=parse_content,
         partitions_def=partitions_def,

@@ -224,12 +224,15 @@ class BatchJob:
     manifest: str | None = None
     estimate: dict[str, Any] = field(default_factory=dict)
     tokens_saved: dict[str, int] = field(default_factory=dict)
+    # the upstream had no rows (a quiet day's partition) and the pipeline allows that:
+    # no file, no batch, empty results
+    empty_input: bool = False
 
     @property
     def answered_without_batches(self) -> bool:
-        """Every row was answered from earlier answers: no file, no batch, nothing to wait
-        for."""
-        return not self.shards and self.rows_reused > 0
+        """Every row was answered from earlier answers, or there was none: no file, no
+        batch, nothing to wait for."""
+        return not self.shards and (self.rows_reused > 0 or self.empty_input)
 
     @property
     def attempt(self) -> int:

@@ -42,7 +42,7 @@ def _cancel_batches(context: dg.OpExecutionContext, spec: InferenceBatchSpec) ->
             partition=partition,
             description="cancel requested; finished results are kept",
             metadata={
-                **batch_metadata(job),
+                **batch_metadata(job, resource.provider_label, resource.dashboard_url),
                 **resource.provider_metadata(),
                 **InferenceBatchMetadataSet(
                     cancel_requested=True, cancelled_batch_ids=cancelled

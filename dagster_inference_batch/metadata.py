@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import dagster as dg
 import orjson
@@ -268,6 +269,9 @@ def progress_metadata(
     """Status, numeric progress, pace and provider links of the latest attempt, for a
     progress observation.
 
+    Each observation names its attempt and job key, so the progress of one job is told
+    from the next one's in the Events tab and the Plots tab.
+
     Args:
         job: the job as last refreshed.
         now: the time of the refresh (unix seconds); with it, the requests per minute
@@ -275,41 +279,75 @@ def progress_metadata(
         dashboard_url: the provider's page of a batch (see ``dashboard_metadata``).
 
     Returns:
-        ``inference_batch/`` status, attempt, completed, failed, total and percent, and
-        when known ``requests_per_minute``, ``eta``, ``eta_seconds`` and the links.
+        ``inference_batch/`` status, attempt, completed, failed, total, percent and
+        job_key, and when known ``requests_per_minute``, ``eta``, ``eta_seconds`` and the
+        links.
 
     Example:
         >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
         >>> progress_metadata(job)["inference_batch/percent"]
         0.0
+        >>> progress_metadata(job)["inference_batch/job_key"]
+        'k'
     """
     pace = _pace(job, now) if now is not None else InferenceBatchMetadataSet()
     return {
-        **_progress(job).to_metadata(),
+        **dataclasses.replace(_progress(job), job_key=job.idempotency_key).to_metadata(),
         **pace.to_metadata(),
         **dashboard_metadata(job, dashboard_url),
     }
 
 
-def batch_metadata(job: BatchJob) -> dict[str, Any]:
+def provider_host(provider_label: str) -> str:
+    """The host a provider label (a base URL, or the local server's notice) names.
+
+    Example:
+        >>> provider_host("https://batch.inference.net/v1")
+        'batch.inference.net'
+        >>> provider_host("local (synthetic answers)")
+        'local (synthetic answers)'
+    """
+    return urlparse(provider_label).hostname or provider_label
+
+
+def batch_metadata(
+    job: BatchJob, provider_label: str | None = None, dashboard_url: str | None = None
+) -> dict[str, Any]:
     """The ``<name>_batch`` materialization's metadata (read back by the sensor).
 
+    It says what was submitted, not how far it got: the status at submission
+    (``submitted_status``), where to (``provider_host``), the batch ids and the earliest
+    expiry, with links to the provider's page of each batch when it has one. Live progress
+    is in the asset's observations (``progress_metadata``).
+
     Args:
-        job: the job as last refreshed.
+        job: the job as submitted.
+        provider_label: the resource's ``provider_label``, if known.
+        dashboard_url: the provider's page of a batch (see ``dashboard_metadata``).
 
     Returns:
-        The progress of ``progress_metadata``, request count, batch ids, the job itself,
-        and the earliest expiry and the provider's errors when there are any.
+        ``submitted_status``, attempt, request count, batch ids, the provider's host, the
+        job itself, the links of ``dashboard_metadata``, and the earliest expiry and the
+        provider's errors when there are any.
+
+    Example:
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+        >>> meta = batch_metadata(job, "https://batch.inference.net/v1")
+        >>> meta["inference_batch/submitted_status"], meta["inference_batch/provider_host"]
+        ('uploaded', 'batch.inference.net')
     """
     expiries = [s.expires_at for s in job.current_shards if s.expires_at]
-    return dataclasses.replace(
-        _progress(job),
+    submitted = InferenceBatchMetadataSet(
+        submitted_status=job.status,
+        attempt=job.attempt,
         request_count=job.request_count,
         batch_ids=job.batch_ids,
+        provider_host=provider_host(provider_label) if provider_label else None,
         job=job.to_dict(),
         expires_at=float(min(expiries)) if expiries else None,
         errors=job.errors() or None,
     ).to_metadata()
+    return {**submitted, **dashboard_metadata(job, dashboard_url)}
 
 
 def seconds_to_final(job: BatchJob) -> float | None:

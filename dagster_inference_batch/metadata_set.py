@@ -133,6 +133,12 @@ class InferenceBatchMetadataSet:
     cancelled_batch_ids: list[str] | None = _key("json", "batches a cancel stopped")
     partition_missing: bool | None = _key("bool", "the partition was deleted (orphan cancel)")
     results_gave_up: list[str] | None = _key("json", "results runs given up on")
+    # what a newcomer reads first (issue 17)
+    fix: str | None = _key("str", "what to do about a failed step (failure)")
+    problems: list[str] | None = _key("json", "the input's problems, in its terms (failure)")
+    submitted_status: str | None = _key("str", "the batches' status when submitted (batch)")
+    provider_host: str | None = _key("str", "the host the batches went to (batch)")
+    note: str | None = _key("str", "what is unusual about this materialization")
 
     @staticmethod
     def key(name: str) -> str:

@@ -40,8 +40,9 @@ class InferenceBatchResource(dg.ConfigurableResource):
     ``provider`` profile sets the limits, endpoints, create options and upload pacing;
     a limit set here overrides it. With neither a key nor a URL,
     ``get_client()`` raises ``ProviderNotConfigured``: nothing falls back to synthetic
-    answers unless ``use_local_server=True`` asks for the package's local server, and
-    then every materialization says so (``inference_batch/provider``).
+    answers unless ``use_local_server=True`` asks for the package's local server (or
+    ``local_server_without_key=True`` asks for it while no key or URL is set), and then
+    every materialization says so (``inference_batch/provider``).
 
     Example:
         >>> resource = InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))
@@ -70,6 +71,12 @@ class InferenceBatchResource(dg.ConfigurableResource):
         default=False,
         description="Development only: run on the package's local Batch API server "
         "(started once per machine). Its answers are synthetic, not a model's.",
+    )
+    local_server_without_key: bool = Field(
+        default=False,
+        description=f"Development: when neither a key nor a base URL is set (here or in "
+        f"{API_KEY_ENV} / {BASE_URL_ENV}), run on the local server instead of refusing; "
+        "a key or URL always wins. Metadata then says the answers are synthetic.",
     )
     max_requests_per_batch: int | None = Field(
         default=None, description="Requests per batch; unset: the provider's."
@@ -136,6 +143,17 @@ class InferenceBatchResource(dg.ConfigurableResource):
     def _configured_url(self) -> str | None:
         return self.base_url or os.environ.get(BASE_URL_ENV) or None
 
+    def _local(self) -> bool:
+        """Whether batches go to the local server: asked for, or asked for while no key
+        and no URL is set."""
+        unconfigured = self._api_key() is None and self._configured_url() is None
+        return self.use_local_server or (self.local_server_without_key and unconfigured)
+
+    def _local_reason(self) -> str:
+        if self.use_local_server:
+            return "use_local_server=True"
+        return f"local_server_without_key=True and neither {API_KEY_ENV} nor {BASE_URL_ENV} is set"
+
     @property
     def provider_label(self) -> str:
         """What answers the requests, as shown in metadata.
@@ -144,13 +162,14 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
         Returns:
             The configured base URL (else ``INFERENCE_BASE_URL``, else the provider's),
-            or ``local (synthetic answers)`` with ``use_local_server``.
+            or ``local (synthetic answers)`` with ``use_local_server`` (or with
+            ``local_server_without_key`` while no key or URL is set).
 
         Example:
             >>> InferenceBatchResource(base_url="https://api.openai.com/v1").provider_label
             'https://api.openai.com/v1'
         """
-        if self.use_local_server:
+        if self._local():
             return LOCAL_PROVIDER
         profile = provider_profile(self.provider)
         return self._configured_url() or profile.base_url or f"{profile.name} (no base_url)"
@@ -193,7 +212,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
     def _connection(self) -> tuple[str | None, str]:
         """(api key, base URL), starting the shared local server if asked to."""
-        if self.use_local_server:
+        if self._local():
             if self.base_url:
                 raise ProviderNotConfigured(
                     "InferenceBatchResource: pass base_url or use_local_server=True, not both"
@@ -202,7 +221,7 @@ class InferenceBatchResource(dg.ConfigurableResource):
             if base_url not in _announced_local_server:
                 _announced_local_server.add(base_url)
                 dg.get_dagster_logger().warning(
-                    f"use_local_server=True: batches go to the local Batch API server at "
+                    f"{self._local_reason()}: batches go to the local Batch API server at "
                     f"{base_url}. Its answers are synthetic, not from a model."
                 )
             return None, base_url
@@ -214,7 +233,8 @@ class InferenceBatchResource(dg.ConfigurableResource):
                 f"(and pass api_key=dg.EnvVar('{API_KEY_ENV}')), or point base_url or "
                 f"{BASE_URL_ENV} at your provider. For development only, "
                 "InferenceBatchResource(use_local_server=True) runs on the package's local "
-                "Batch API server, whose answers are synthetic."
+                "Batch API server, whose answers are synthetic (local_server_without_key=True: "
+                "only while no key or URL is set)."
             )
         base_url = base_url or provider_profile(self.provider).base_url
         if base_url is None:
@@ -246,7 +266,8 @@ class InferenceBatchResource(dg.ConfigurableResource):
 
         Raises:
             ProviderNotConfigured: no key and no base URL (neither set here nor in the
-                environment) and ``use_local_server`` off, both ``base_url`` and
+                environment) and neither ``use_local_server`` nor
+                ``local_server_without_key``, both ``base_url`` and
                 ``use_local_server``, or no base URL for ``provider="compatible"``.
             ValueError: An unknown ``provider``.
 

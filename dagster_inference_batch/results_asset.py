@@ -22,9 +22,11 @@ from .batch_record import BatchJob
 from .client import InferenceBatchClient
 from .content import parse_content_columns
 from .errors import BatchAPIError, BatchFailedError, BatchWaitTimeout
+from .input_failures import EMPTY_NOTE
 from .job_manifest import read_manifest
 from .metadata import results_metadata, reuse_metadata, summary_of
 from .metadata_set import InferenceBatchMetadataSet
+from .results import RESULT_COLUMNS
 from .results_stream import ResultsDataset
 from .results_tally import ResultsTally
 from .row_changes import compare_lines
@@ -179,6 +181,19 @@ def _invalid_retry_due(
     )
 
 
+def empty_results(upstream: pd.DataFrame) -> pd.DataFrame:
+    """The results of an upstream with no rows: its columns and the result columns.
+
+    Example:
+        >>> list(empty_results(pd.DataFrame({"ticket_id": []}))[["ticket_id", "status"]])
+        ['ticket_id', 'status']
+    """
+    columns = [*RESULT_COLUMNS, "source"]
+    return pd.concat(
+        [pd.DataFrame(columns=columns), upstream.drop(columns=columns, errors="ignore")], axis=1
+    )
+
+
 def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
     """``<name>_results``, materialized only once the batches are done.
 
@@ -219,6 +234,17 @@ def build_results_asset(spec: InferenceBatchSpec) -> dg.AssetsDefinition:
                 f"no batch recorded for {spec.batch_key.to_user_string()}: run it first"
             )
         resource = spec.resource(context)
+        if recorded.job.empty_input:
+            frame = empty_results(upstream)
+            yield dg.Output(
+                frame,
+                metadata={
+                    **results_metadata(frame, recorded, recorded.job, None),
+                    **InferenceBatchMetadataSet(note=EMPTY_NOTE).to_metadata(),
+                    **resource.provider_metadata(),
+                },
+            )
+            return
         with resource.get_client() as client:
             job = _finished_job(context, client, recorded, spec)
             if job is None:

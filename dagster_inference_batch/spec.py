@@ -198,6 +198,7 @@ class PipelineLimits:
     retry_invalid_output: bool = False
     retry_prompt_suffix: str | None = DEFAULT_RETRY_PROMPT_SUFFIX
     max_invalid_output_rate: float = 0.02
+    allow_empty: bool | None = None  # None: allowed for a partitioned pipeline only
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_invalid_output_rate <= 1.0:
@@ -370,6 +371,14 @@ class InferenceBatchSpec:
     def partitioned(self) -> bool:
         """Whether the pipeline's assets are partitioned."""
         return self.partitions_def is not None
+
+    @property
+    def allows_empty(self) -> bool:
+        """Whether an upstream with no rows makes empty results (no batch) instead of
+        failing: ``allow_empty``, by default only for a partitioned pipeline (a quiet day
+        is normal, an empty table for the whole pipeline is a mistake)."""
+        allowed = self.limits.allow_empty
+        return self.partitioned if allowed is None else allowed
 
     def asset_options(self, role: str) -> dict[str, Any]:
         """``@dg.asset`` keyword arguments of one of the pipeline's assets.

@@ -14,11 +14,13 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from ..errors import InvalidBatchInput
 from ..providers import DEFAULT_PROVIDER, ProviderProfile, provider_profile
 from ..structured_output import StructuredOutput, request_params, structured_output
 from .encode import encode_numbered_lines
 from .encoded import EncodedRequests
 from .fingerprint import TemplateFingerprints
+from .frame_terms import FrameTerms, in_frame_terms
 from .inputs import content_key
 from .validate import (
     CHAT_ENDPOINT,
@@ -286,9 +288,10 @@ def build_requests(
             source, ``messages`` off chat and Responses, ``system_prompt`` off chat,
             ``body_params`` setting the per-row content, or the response format
             beside ``response_model``, a ``response_model`` off chat and Responses).
-        InvalidBatchInput: Naming each bad row (1-based line number, ``custom_id``):
-            a missing column or model, no rows, a missing, empty or duplicate id, an
-            empty prompt, NaN or infinity, a line over ``max_line_bytes``.
+        InvalidBatchInput: Naming each bad row by its index label, ``id_column`` and
+            ``custom_id``, and the prompt or body column: a missing column or model, no
+            rows, a missing, empty or duplicate id, an empty prompt, NaN or infinity, a
+            line over ``max_line_bytes``.
 
     Example:
         >>> df = pd.DataFrame({"custom_id": ["a", "b"], "prompt": ["Hi", "Bye"]})
@@ -323,11 +326,20 @@ def build_requests(
         body_params=body_params,
     )
     _check_frame(df, id_column, prompt_column or body_column, body_column, params)
-    if prompt_column is not None:
-        return _from_prompts(
-            df, id_column, prompt_column, endpoint, params, system_prompt, max_line_bytes
-        )
-    return _from_bodies(df, id_column, endpoint, params, messages, body_column, max_line_bytes)
+    terms = FrameTerms(
+        labels=df.index,
+        id_column=id_column,
+        content_column=prompt_column or body_column,
+        content="prompt" if prompt_column is not None else "body",
+    )
+    try:
+        if prompt_column is not None:
+            return _from_prompts(
+                df, id_column, prompt_column, endpoint, params, system_prompt, max_line_bytes
+            )
+        return _from_bodies(df, id_column, endpoint, params, messages, body_column, max_line_bytes)
+    except InvalidBatchInput as error:
+        raise in_frame_terms(error, terms) from None
 
 
 def _with_structured_output(

@@ -15,6 +15,7 @@ import pandas as pd
 from dagster_inference_batch.errors import InvalidBatchInput
 
 from .encoded import EncodedRequests
+from .frame_terms import FrameTerms, in_frame_terms
 from .inputs import body_input_problem, embedding_input_count
 from .validate import (
     CHAT_ENDPOINT,
@@ -207,8 +208,8 @@ def encode_requests(
         The validated lines, in input order.
 
     Raises:
-        InvalidBatchInput: Naming each bad line (1-based number, ``custom_id``) and the
-            rule it breaks: a missing, empty or duplicate id, another method or url, a
+        InvalidBatchInput: Naming each bad line (1-based number, ``custom_id``; a
+            DataFrame's row by its index label) and the rule it breaks: a missing, empty or duplicate id, another method or url, a
             body without a string model, a missing or malformed ``input`` (embeddings,
             Responses, moderations), NaN or infinity, a line over the size limit.
 
@@ -227,8 +228,12 @@ def encode_requests(
     if endpoint is not None:
         check_endpoint(endpoint)
     if isinstance(requests, pd.DataFrame):
-        numbered = _read_frame(requests)
-    elif isinstance(requests, (str, Path)):
+        terms = FrameTerms(labels=requests.index, id_column="custom_id", content="body")
+        try:
+            return encode_numbered_lines(_read_frame(requests), endpoint, max_line_bytes)
+        except InvalidBatchInput as error:
+            raise in_frame_terms(error, terms) from None
+    if isinstance(requests, (str, Path)):
         numbered = _read_jsonl(Path(requests))
     else:
         numbered = list(enumerate(requests, 1))

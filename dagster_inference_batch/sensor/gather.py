@@ -30,6 +30,7 @@ from ..state import RecordedJob, invalid_retry_allowed, next_action, uncollected
 from ..structured_output import StructuredOutput
 from .cursor import SensorCursor
 from .results_runs import RESULTS_FOR_TAG, ResultsRun
+from .runs_elsewhere import results_runs_elsewhere
 from .tick import (
     Abandoned,
     Outcome,
@@ -317,7 +318,11 @@ def gather_tick(
         outcomes, not_reached = carry_out(
             spec, resource.get_client(), instance, jobs, work, started
         )
-    runs = look_up_runs(instance, runs_wanted(spec.qualified_name, jobs, work, outcomes))
+    wanted = runs_wanted(spec.qualified_name, jobs, work, outcomes)
+    runs = look_up_runs(instance, wanted)
+    elsewhere = results_runs_elsewhere(
+        instance, spec.results_key, spec.collect_job_name, wanted, read_at
+    )
     return TickState(
         cursor=cursor,
         jobs=jobs,
@@ -328,6 +333,7 @@ def gather_tick(
         outcomes=outcomes,
         not_reached=not_reached,
         runs=runs,
+        elsewhere=elsewhere,
         provider=resource.provider_metadata(),
         dashboard_url=resource.dashboard_url,
         now=time.time(),

@@ -40,6 +40,8 @@ from .tick import (
     where,
 )
 
+PROVIDER_KEY = InferenceBatchMetadataSet.key("provider")
+
 
 def _signature(job: BatchJob) -> str:
     counts = job.request_counts()
@@ -165,7 +167,14 @@ class _Planner:
                     partition=outcome.recorded.partition,
                     description=f"attempt {new_job.attempt}: resubmitted what {_left(job)} "
                     f"in attempt {job.attempt}",
-                    metadata={**batch_metadata(new_job), **self.state.provider},
+                    metadata={
+                        **batch_metadata(
+                            new_job,
+                            self.state.provider.get(PROVIDER_KEY),
+                            self.state.dashboard_url,
+                        ),
+                        **self.state.provider,
+                    },
                 )
             )
             plan.cursor.update(progress=_signature(new_job), progress_at=self.state.now)
@@ -205,6 +214,10 @@ class _Planner:
         plan.state = "waiting"
         if decision.state == "waiting":
             plan.note = decision.note
+        elsewhere = self.state.elsewhere.get(slot)
+        if decision.run_key is not None and elsewhere is not None:
+            plan.note = f"run {elsewhere} materializes {self.name}_results for it"
+            return
         if decision.state == "gave_up":
             plan.state = "gave_up"
             plan.cursor["gave_up"] = recorded.storage_id

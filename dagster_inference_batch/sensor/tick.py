@@ -88,6 +88,7 @@ class TickState:
     outcomes: Mapping[str, Outcome] = field(default_factory=dict)
     not_reached: Sequence[str] = ()
     runs: Mapping[str, Sequence[ResultsRun] | BaseException] = field(default_factory=dict)
+    elsewhere: Mapping[str, str] = field(default_factory=dict)  # slot -> run collecting it
     provider: Mapping[str, str] = field(default_factory=dict)  # metadata naming the provider
     dashboard_url: str | None = None  # the provider's page of a batch ({batch_id}), if any
     now: float = 0.0  # unix seconds
