@@ -18,7 +18,8 @@ import dagster as dg
 import pandas as pd
 
 from .batch_record import BatchJob
-from .errors import BudgetExceeded, InvalidBatchInput
+from .cost_estimate import BudgetExceeded
+from .errors import InvalidBatchInput
 from .metadata_set import InferenceBatchMetadataSet
 from .spec import InferenceBatchSpec
 

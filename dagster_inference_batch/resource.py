@@ -2,6 +2,15 @@
 
 This is the one place the Dagster side reads settings: the fields, then
 ``INFERENCE_API_KEY`` / ``INFERENCE_BASE_URL``. The client below it takes plain values.
+
+The class's docstring is its help text in the Launchpad, so its example is here:
+
+Example:
+    >>> resource = InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))
+    >>> demo = InferenceBatchResource(use_local_server=True)  # development only
+    >>> demo.provider_label
+    'local (synthetic answers)'
+    >>> defs = dg.Definitions(resources={"inference_batch": demo})
 """
 
 from __future__ import annotations
@@ -44,12 +53,8 @@ class InferenceBatchResource(dg.ConfigurableResource):
     ``local_server_without_key=True`` asks for it while no key or URL is set), and then
     every materialization says so (``inference_batch/provider``).
 
-    Example:
-        >>> resource = InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))
-        >>> demo = InferenceBatchResource(use_local_server=True)  # development only
-        >>> demo.provider_label
-        'local (synthetic answers)'
-        >>> defs = dg.Definitions(resources={"inference_batch": demo})
+    Example: ``InferenceBatchResource(api_key=dg.EnvVar("INFERENCE_API_KEY"))`` in
+    production; ``InferenceBatchResource(local_server_without_key=True)`` in development.
     """
 
     api_key: str | None = Field(

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -26,13 +26,25 @@ from urllib.parse import urlparse
 from .local_server import LocalBatchServer
 
 __all__ = [
+    "SETTINGS_ENV",
     "STATE_DIR_ENV",
     "default_state_dir",
+    "settings_from_env",
+    "shared_server_state",
     "start_or_reuse_shared_server",
     "stop_shared_server",
 ]
 
 STATE_DIR_ENV = "INFERENCE_LOCAL_SERVER_DIR"
+# environment variable -> the server option it sets (see ``ServerConfig``)
+SETTINGS_ENV = {
+    "INFERENCE_LOCAL_SERVER_SPEED": "requests_per_second",
+    "INFERENCE_LOCAL_SERVER_VALIDATING_SECONDS": "validating_seconds",
+    "INFERENCE_LOCAL_SERVER_FINALIZING_SECONDS": "finalizing_seconds",
+    "INFERENCE_LOCAL_SERVER_EXPIRE_AFTER": "expire_after",
+    "INFERENCE_LOCAL_SERVER_FAILURE_RATE": "failure_rate",
+    "INFERENCE_LOCAL_SERVER_FAULT_RATE": "fault_rate",
+}
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _STOP_TIMEOUT = 10.0
@@ -53,11 +65,62 @@ def default_state_dir() -> Path:
     return cache / "dagster-inference-batch" / "local-server"
 
 
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, float]:
+    """The shared server's options set by ``SETTINGS_ENV`` variables.
+
+    Args:
+        environ: The environment; ``None`` reads ``os.environ``.
+
+    Returns:
+        Option -> value, for each variable set to a non-empty value.
+
+    Raises:
+        ValueError: A variable that is not a number, naming it.
+
+    Example:
+        >>> settings_from_env({"INFERENCE_LOCAL_SERVER_SPEED": "2"})
+        {'requests_per_second': 2.0}
+    """
+    environ = os.environ if environ is None else environ
+    settings: dict[str, float] = {}
+    for name, option in SETTINGS_ENV.items():
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            settings[option] = float(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not a number") from None
+    return settings
+
+
+def shared_server_state(state_dir: Path | None = None) -> dict[str, object] | None:
+    """The running shared server as recorded: URL, pid, data dir, settings, version.
+
+    Args:
+        state_dir: As for `start_or_reuse_shared_server`.
+
+    Returns:
+        The record with ``data_dir`` added, or None when no server runs.
+
+    Example:
+        >>> from pathlib import Path
+        >>> shared_server_state(Path("no-server-here")) is None
+        True
+    """
+    state_dir = state_dir or default_state_dir()
+    recorded = _read_state(state_dir / "server.json")
+    if recorded is None or not _is_running(recorded):
+        return None
+    return {**recorded, "data_dir": str(state_dir / "data")}
+
+
 def start_or_reuse_shared_server(state_dir: Path | None = None) -> str:
     """Return the base URL of the machine-wide local server, starting one if needed.
 
-    Reuses the server recorded in ``state_dir/server.json`` if it is alive and runs this
-    version and checkout of the package. Otherwise starts a detached server (it outlives
+    Reuses the server recorded in ``state_dir/server.json`` if it is alive, runs this
+    version and checkout of the package and has the settings of ``settings_from_env()``
+    (speed, phase times, expiry, failure and fault rates). Otherwise starts a detached server (it outlives
     this process) on ``state_dir/data``, after stopping a recorded one that runs other
     code (the reason is logged). A file lock makes concurrent callers agree on one server.
 
@@ -141,13 +204,19 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def _code_identity() -> dict[str, str]:
-    """Version, location and server-source hash of the code this process would start."""
+    """Version, location and server-source hash of the code this process would start,
+    and the settings it would start it with."""
     try:
         version = metadata.version("dagster-inference-batch")
     except metadata.PackageNotFoundError:
         version = "unknown"
     sources = sorted((_PACKAGE_DIR / "local_server").glob("*.py"))
-    return {"version": version, "code_path": str(_PACKAGE_DIR), "code_hash": _source_hash(sources)}
+    return {
+        "version": version,
+        "code_path": str(_PACKAGE_DIR),
+        "code_hash": _source_hash(sources),
+        "settings": json.dumps(settings_from_env(), sort_keys=True),
+    }
 
 
 _hashed: dict[tuple[tuple[str, int, int], ...], str] = {}
@@ -235,6 +304,7 @@ def _stop(pid: int) -> None:
 
 
 def _spawn(state_dir: Path, identity: dict[str, str]) -> dict[str, object]:
-    server = LocalBatchServer(state_dir / "data")  # stderr goes to data/server.log
+    settings = json.loads(identity["settings"])
+    server = LocalBatchServer(state_dir / "data", **settings)  # stderr: data/server.log
     base_url = server.start()
     return {"base_url": base_url, "pid": server.detach(), **identity}

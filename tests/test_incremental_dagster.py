@@ -112,7 +112,7 @@ def test_rerun_sends_only_changed_and_new_rows_and_an_unchanged_run_creates_no_b
     assert third.success
     assert len(batches(server)) == before  # nothing new: no file, no batch
     assert metadata(third, "inc_input_file")["inference_batch/rows_sent"] == 0
-    assert metadata(third, "inc_batch")["inference_batch/status"] == "completed"
+    assert metadata(third, "inc_batch")["inference_batch/submitted_status"] == "completed"
     frame3 = results(third)
     assert len(frame3) == 105 and (frame3["source"] == "store").all()
     assert frame3["content"].tolist() == frame2["content"].tolist()

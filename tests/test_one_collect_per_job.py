@@ -26,8 +26,10 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def test_a_backfill_of_three_partitions_while_the_sensor_ticks_collects_each_once(
     instance, batch_server
 ):
-    # the batches take a few seconds, well within the results steps' wait: the sensor
-    # sees them final while the backfill's own results steps still wait on them
+    # The backfill's runs go one after the other in a thread (in-process runs started in
+    # several threads at once can deadlock in Python's logging setup) while the sensor
+    # ticks. Each batch takes a few seconds, well within the results step's wait: the
+    # sensor sees it final while the run's own results step still waits on it.
     server = batch_server(validating_seconds=2.0)
     harness = Harness(
         instance,
@@ -40,20 +42,23 @@ def test_a_backfill_of_three_partitions_while_the_sensor_ticks_collects_each_onc
     whole_graph = (keys.input_file_key, keys.batch_key, keys.results_key)
     runs: dict[str, dg.ExecuteInProcessResult] = {}
 
-    def backfill_run(partition: str) -> None:
-        runs[partition] = harness.materialize(*whole_graph, partition=partition)
+    def backfill() -> None:
+        for partition in PARTITIONS:
+            runs[partition] = harness.materialize(*whole_graph, partition=partition)
 
-    threads = [threading.Thread(target=backfill_run, args=(p,)) for p in PARTITIONS]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=backfill)
+    thread.start()
     try:
-        harness.tick_until(lambda: len(runs) == len(PARTITIONS), timeout=120, pause=0.3)
+        ticks = harness.tick_until(lambda: len(runs) == len(PARTITIONS), timeout=240, pause=0.3)
     finally:
-        for thread in threads:
-            thread.join(120)
+        thread.join(240)
 
     assert all(run.success for run in runs.values())
     assert harness.collect_runs == []  # the backfill collected every partition itself
+    waited = [
+        t.skip_message for t in ticks if "materializes llm_results for it" in (t.skip_message or "")
+    ]
+    assert waited, "the sensor never saw a final batch while the backfill collected it"
     for partition in PARTITIONS:
         assert len(harness.materializations(keys.results_key, partition)) == 1, partition
         assert (harness.results_frame(partition)["status"] == "succeeded").all()

@@ -55,3 +55,50 @@ def test_scheduling_example_adds_a_partition_aware_schedule():
     assert schedule.name == "review_insights_schedule"
     assert schedule.cron_schedule == "0 6 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def project_snippet() -> dict:
+    """The README's project snippet, run as a module would be (its names)."""
+    (example,) = [b for b in python_blocks() if '"ticket_triage"' in b]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    return namespace
+
+
+def materialize_everything(namespace: dict, partition: str) -> dict:
+    """Materialize the snippet's whole graph for one partition, as "Materialize all"
+    does; returns the results' materialization metadata and frame."""
+    import dagster as dg
+
+    triage = namespace["triage"]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [namespace["tickets"], *triage.assets, *triage.asset_checks],
+            partition_key=partition,
+            instance=instance,
+            resources={"inference_batch": namespace["inference_batch"]},
+        )
+        assert result.success
+        (materialization,) = result.asset_materializations_for_node("ticket_triage_results")
+        frame = result.output_for_node("ticket_triage_results")
+        checks = result.get_asset_check_evaluations()
+    return {"metadata": materialization.metadata, "frame": frame, "checks": checks}
+
+
+def test_the_project_snippet_runs_without_a_key_then_with_one(
+    local_state_dir, monkeypatch, shared_batch_server
+):
+    """The same snippet: with no key on the local server (saying so), with a key on the
+    provider the key is for (here a local server standing in for it)."""
+    without = materialize_everything(project_snippet(), "2026-11-02")
+    assert without["metadata"]["inference_batch/provider"].value == "local (synthetic answers)"
+    assert list(without["frame"]["status"]) == ["succeeded", "succeeded"]
+    assert list(without["frame"]["ticket_id"]) == ["2026-11-02-1", "2026-11-02-2"]
+    assert all(check.passed for check in without["checks"])
+
+    monkeypatch.setenv("INFERENCE_API_KEY", "test-key")
+    monkeypatch.setenv("INFERENCE_BASE_URL", shared_batch_server.base_url)
+    with_key = materialize_everything(project_snippet(), "2026-11-03")
+    provider = with_key["metadata"]["inference_batch/provider"].value
+    assert provider == shared_batch_server.base_url
+    assert list(with_key["frame"]["status"]) == ["succeeded", "succeeded"]

@@ -176,7 +176,7 @@ def test_missing_columns_model_and_empty_frame() -> None:
         build_requests(pd.DataFrame({"custom_id": [], "p": []}), model="m", prompt_column="p")
 
 
-def test_bad_ids_and_prompts_are_all_reported_with_line_numbers() -> None:
+def test_bad_ids_and_prompts_are_all_reported_by_row_and_column() -> None:
     df = pd.DataFrame(
         {
             "custom_id": pd.Series(["a", None, "", "a", 7.5, "f", "g"], dtype=object),
@@ -186,14 +186,29 @@ def test_bad_ids_and_prompts_are_all_reported_with_line_numbers() -> None:
     with pytest.raises(InvalidBatchInput) as excinfo:
         build_requests(df, model="m", prompt_column="prompt")
     assert problems_of(excinfo) == [
-        "line 2: missing custom_id",
-        "line 3: empty custom_id",
-        "line 4 (custom_id 'a'): duplicate custom_id (first on line 1)",
-        "line 5: custom_id must be a string, got float",
-        "line 6 (custom_id 'f'): empty prompt (missing value)",
-        "line 7 (custom_id 'g'): empty prompt",
+        "row index 1: missing custom_id",
+        "row index 2: empty custom_id",
+        "row index 3 (custom_id 'a'): duplicate custom_id (first at row index 0)",
+        "row index 4: custom_id must be a string, got float",
+        "row index 5 (custom_id 'f'): empty prompt in column 'prompt' (missing value)",
+        "row index 6 (custom_id 'g'): empty prompt in column 'prompt'",
     ]
     assert excinfo.value.total == 6
+
+
+def test_problems_name_the_users_id_column_and_the_rows_index_label() -> None:
+    df = pd.DataFrame(
+        {"ticket_id": ["t1", "t2", "t2"], "text": ["late", None, "twice"]},
+        index=["mon", "tue", "wed"],
+    )
+    with pytest.raises(InvalidBatchInput) as excinfo:
+        build_requests(df, id_column="ticket_id", model="m", prompt_column="text")
+    assert problems_of(excinfo) == [
+        "row index 'tue' (ticket_id 't2', custom_id 't2'): empty prompt in column 'text' "
+        "(missing value)",
+        "row index 'wed' (ticket_id 't2', custom_id 't2'): duplicate ticket_id "
+        "(first at row index 'tue')",
+    ]
 
 
 def test_string_dtype_columns_with_missing_values() -> None:
@@ -206,8 +221,8 @@ def test_string_dtype_columns_with_missing_values() -> None:
     with pytest.raises(InvalidBatchInput) as excinfo:
         build_requests(df, model="m", prompt_column="prompt")
     assert problems_of(excinfo) == [
-        "line 2: missing custom_id",
-        "line 3 (custom_id 'c'): empty prompt (missing value)",
+        "row index 1: missing custom_id",
+        "row index 2 (custom_id 'c'): empty prompt in column 'prompt' (missing value)",
     ]
 
 
@@ -217,9 +232,10 @@ def test_prompt_that_is_not_text_and_lone_surrogates() -> None:
     with pytest.raises(InvalidBatchInput) as excinfo:
         build_requests(df, model="m", prompt_column="prompt")
     (problem,) = problems_of(excinfo)
-    assert problem.startswith("line 2 (custom_id 'b'): text: value JSON cannot carry")
+    assert problem.startswith("row index 1 (custom_id 'b'): text: value JSON cannot carry")
     df = pd.DataFrame({"custom_id": ["a"], "prompt": [3]})
-    with pytest.raises(InvalidBatchInput, match="line 1 .*prompt must be a string, got int"):
+    match = "row index 0 .*prompt in column 'prompt' must be a string, got int"
+    with pytest.raises(InvalidBatchInput, match=match):
         build_requests(df, model="m", prompt_column="prompt")
 
 
@@ -230,7 +246,7 @@ def test_nan_in_body_params_and_line_size_in_fast_path() -> None:
     with pytest.raises(InvalidBatchInput) as excinfo:
         build_requests(df, model="m", prompt_column="prompt", max_line_bytes=400)
     (problem,) = problems_of(excinfo)
-    assert problem.startswith("line 2 (custom_id 'b'): line is ")
+    assert problem.startswith("row index 1 (custom_id 'b'): line is ")
     assert "over the 400-byte limit" in problem
 
 

@@ -148,3 +148,21 @@ def test_upload_waits_reach_the_hook_and_the_dagster_log(batch_server, caplog):
             assert len(client.upload(lines, endpoint="/v1/completions").shards) == 2
     assert waits == ["the provider's upload limit"]
     assert "for the provider's upload limit" in caplog.text and "test-key" not in caplog.text
+
+
+def test_the_launchpad_help_text_shows_no_doctest_lines():
+    description = InferenceBatchResource().get_resource_definition().description
+    assert description.startswith("Connection and limits")
+    assert ">>>" not in description and "doctest" not in description
+
+
+def test_local_server_without_key_is_used_only_while_nothing_is_configured(
+    no_provider_env, monkeypatch
+):
+    resource = InferenceBatchResource(local_server_without_key=True)
+    assert resource.provider_label == "local (synthetic answers)"
+    monkeypatch.setenv("INFERENCE_API_KEY", "a-key")
+    assert resource.provider_label == "https://batch.inference.net/v1"
+    monkeypatch.delenv("INFERENCE_API_KEY")
+    monkeypatch.setenv("INFERENCE_BASE_URL", "http://127.0.0.1:9/v1")
+    assert resource.provider_label == "http://127.0.0.1:9/v1"

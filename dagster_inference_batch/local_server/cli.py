@@ -10,7 +10,7 @@ import argparse
 import fcntl
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -70,11 +70,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the command line and run the command (``serve`` is the only one).
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    more_commands: Mapping[str, tuple[str, Callable[[], None]]] | None = None,
+) -> None:
+    """Parse the command line and run the command: ``serve``, or one of ``more_commands``.
 
     Args:
         argv: The arguments after the program name; ``None`` reads ``sys.argv``.
+        more_commands: Further commands without arguments: name -> (help, function).
+            The package's console script adds ``status`` and ``stop`` for the shared
+            local server.
 
     Raises:
         SystemExit: The arguments are invalid, or the server could not start.
@@ -87,7 +94,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "serve", help="run the local OpenAI-compatible Batch API server"
     )
     ServerConfig.add_arguments(serve_parser)
+    for name, (help_text, _) in (more_commands or {}).items():
+        commands.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        (more_commands or {})[args.command][1]()
+        return
     try:
         config = ServerConfig.from_namespace(args)
     except ValueError as exc:

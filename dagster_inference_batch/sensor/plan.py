@@ -103,6 +103,25 @@ def progress_due(
     return moved >= step_percent or now - (last_at or 0.0) >= step_seconds
 
 
+def progress_line(name: str, slot: str, job: BatchJob) -> str:
+    """The tick's log line for a job whose progress changed: where, which batches, how far.
+
+    Example:
+        >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k",
+        ...     request_count=60)
+        >>> progress_line("llm", "2026-11-01", job)
+        "llm: partition '2026-11-01': batches (none yet) uploaded, 0/60 requests done (attempt 1)"
+    """
+    counts = job.request_counts()
+    done = counts["completed"] + counts["failed"]
+    total = max(counts["total"], job.request_count)
+    ids = ", ".join(s.batch_id for s in job.current_shards if s.batch_id) or "(none yet)"
+    return (
+        f"{name}: {where(slot)}: batches {ids} {job.status}, {done}/{total} requests done "
+        f"(attempt {job.attempt})"
+    )
+
+
 class _Planner:
     """Builds a ``TickPlan`` one slot at a time; see ``plan_tick``."""
 
@@ -135,6 +154,7 @@ class _Planner:
             )
         )
         plan.cursor.update(progress=_signature(job), progress_at=state.now)
+        plan.infos.append(progress_line(self.name, slot, job))
 
     def on_time(self, slot: str, job: BatchJob, plan: SlotPlan) -> None:
         """Report ``<name>_batch_on_time`` when its verdict on the job changed."""

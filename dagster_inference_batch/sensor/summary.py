@@ -18,6 +18,7 @@ class TickSummary:
     """What a tick saw, for the skip reason."""
 
     in_flight: list[BatchJob] = field(default_factory=list)
+    in_flight_slots: list[str] = field(default_factory=list)
     waiting: int = 0
     notes: list[str] = field(default_factory=list)
     not_reached: int = 0
@@ -37,6 +38,7 @@ class TickSummary:
         """
         if plan.state in ("in_flight", "error") and plan.job is not None:
             self.in_flight.append(plan.job)
+            self.in_flight_slots.append(slot)
             self.not_reached += not_reached
         self.errors += plan.state == "error"
         self.waiting += plan.state == "waiting"
@@ -55,6 +57,10 @@ class TickSummary:
         Example:
             >>> TickSummary(waiting=1).describe()
             '1 waiting for a requested results run'
+            >>> from dagster_inference_batch.batch_record import BatchJob
+            >>> job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k")
+            >>> TickSummary(in_flight=[job], in_flight_slots=["2026-11-01"]).describe()
+            "1 in flight (1 uploaded; 0/0 requests done): partition '2026-11-01'"
             >>> TickSummary(unreadable=["a"]).describe()
             "1 skipped, its recorded job cannot be used: partition 'a' (see the tick's logs)"
         """
@@ -97,7 +103,10 @@ class TickSummary:
         # while validating the provider counts no requests yet: the job knows how many
         total = sum(max(c["total"], j.request_count) for c, j in zip(counts, jobs, strict=True))
         by_status = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-        return f"{len(jobs)} in flight ({by_status}; {done}/{total} requests done)"
+        return (
+            f"{len(jobs)} in flight ({by_status}; {done}/{total} requests done): "
+            f"{names(self.in_flight_slots)}"
+        )
 
 
 def names(slots: Sequence[str]) -> str:

@@ -155,6 +155,13 @@ class ResourceModel(dg.Resolvable, dg.Model):
     use_local_server: Annotated[
         bool, _doc("Development only: the package's local server (synthetic answers).")
     ] = False
+    local_server_without_key: Annotated[
+        bool,
+        _doc(
+            "Development: the local server (synthetic answers) only while neither a key "
+            "nor a base URL is set; a key or URL always wins."
+        ),
+    ] = False
 
     def build(self) -> InferenceBatchResource:
         """The resource these settings describe.
@@ -168,6 +175,7 @@ class ResourceModel(dg.Resolvable, dg.Model):
             "base_url": self.base_url,
             "provider": self.provider,
             "use_local_server": self.use_local_server,
+            "local_server_without_key": self.local_server_without_key,
         }
         return InferenceBatchResource(**{k: v for k, v in settings.items() if v is not None})
 
@@ -362,6 +370,10 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     results_freshness: Annotated[
         bool, _doc("With a schedule, a freshness policy on the results.")
     ] = True
+    allow_empty: Annotated[
+        bool | None,
+        _doc("An upstream with no rows gives empty results (default: when partitioned)."),
+    ] = None
     resource_key: Annotated[str, _doc("Key of the InferenceBatchResource.")] = "inference_batch"
     resource: Annotated[
         ResourceModel | None,
@@ -447,6 +459,7 @@ class InferenceBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             max_cost_usd=self.max_cost_usd,
             results_format=self.results_format,
             results_location=self.results_location,
+            allow_empty=self.allow_empty,
             group_name=self.group_name,
             key_prefix=self.key_prefix,
             owners=self.owners,
