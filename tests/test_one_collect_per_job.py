@@ -88,7 +88,17 @@ def test_which_runs_collect_which_partitions():
             "dagster/asset_partition_range_end": "d",
         },
     )
-    runs = [by_hand, sensors, submit_only, ranged]
-    collecting = [r for r in runs if materializes(r, results_key, "llm_collect")]
-    assert [r.run_id for r in collecting] == ["hand", "range"]
-    assert slots_of(collecting, ["a", "b", "c"]) == {"a": "hand", "b": "range", "c": "range"}
+    in_process = dg.DagsterRun(  # names no asset selection: its planned events tell
+        job_name="__ephemeral_asset_job__",
+        run_id="in-process",
+        asset_selection=frozenset(),
+        tags={"dagster/partition": "e"},
+    )
+    runs = [by_hand, sensors, submit_only, ranged, in_process]
+
+    def planned(run_id: str) -> set[dg.AssetKey]:
+        return {results_key} if run_id == "in-process" else set()
+
+    collecting = [r for r in runs if materializes(r, results_key, "llm_collect", planned)]
+    assert [r.run_id for r in collecting] == ["hand", "range", "in-process"]
+    assert slots_of(collecting, ["a", "b", "e"]) == {"a": "hand", "b": "range", "e": "range"}

@@ -6,13 +6,19 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from dagster_inference_batch.shared_local_server import _exited, start_or_reuse_shared_server
+from dagster_inference_batch.shared_local_server import (
+    _exited,
+    shared_server_state,
+    start_or_reuse_shared_server,
+)
 
 LINE = {
     "custom_id": "a",
@@ -140,3 +146,35 @@ def test_an_unreadable_state_file_starts_a_server(state_dir):
     url = start_or_reuse_shared_server(state_dir=state_dir)
     assert _state(state_dir)["base_url"] == url
     assert list(_client(url).batches.list(limit=1)) == []
+
+
+def test_settings_from_the_environment_replace_a_server_started_without_them(
+    state_dir, caplog, monkeypatch
+):
+    caplog.set_level(logging.INFO, logger="dagster_inference_batch")
+    start_or_reuse_shared_server(state_dir=state_dir)
+    old = _state(state_dir)
+    monkeypatch.setenv("INFERENCE_LOCAL_SERVER_VALIDATING_SECONDS", "7")
+    new = _assert_replaced(state_dir, old, caplog, "settings")
+    assert json.loads(new["settings"]) == {"validating_seconds": 7.0}
+    monkeypatch.setenv("INFERENCE_LOCAL_SERVER_SPEED", "fast")
+    with pytest.raises(ValueError, match="INFERENCE_LOCAL_SERVER_SPEED='fast' is not a number"):
+        start_or_reuse_shared_server(state_dir=state_dir)
+
+
+def test_the_console_script_shows_and_stops_the_shared_server(state_dir, monkeypatch):
+    url = start_or_reuse_shared_server(state_dir=state_dir)
+    monkeypatch.setenv("INFERENCE_LOCAL_SERVER_DIR", str(state_dir))
+    script = Path(sys.executable).parent / "dagster-inference-batch"
+
+    def run(command: str) -> str:
+        done = subprocess.run(
+            [str(script), command], capture_output=True, text=True, timeout=120, check=True
+        )
+        return done.stdout
+
+    shown = run("status")
+    assert url in shown and str(state_dir / "data") in shown
+    assert "stopped the shared local server" in run("stop")
+    assert shared_server_state(state_dir) is None
+    assert "no shared local server is running" in run("status")

@@ -10,7 +10,8 @@ too: its results are not in what the tick read.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
+from functools import partial
 
 import dagster as dg
 
@@ -26,14 +27,21 @@ UNDER_WAY = [
 ]
 
 
-def materializes(run: dg.DagsterRun, results_key: dg.AssetKey, collect_job_name: str) -> bool:
+def materializes(
+    run: dg.DagsterRun,
+    results_key: dg.AssetKey,
+    collect_job_name: str,
+    planned: Callable[[str], Collection[dg.AssetKey]] = lambda run_id: (),
+) -> bool:
     """Whether ``run`` materializes ``results_key`` and was not requested by the sensor.
 
     Args:
         run: A run.
         results_key: The pipeline's ``<name>_results`` key.
-        collect_job_name: Its ``<name>_collect`` job (a run of it with no asset
-            selection materializes the results).
+        collect_job_name: Its ``<name>_collect`` job (a run of it materializes the
+            results).
+        planned: The assets a run planned to materialize, by run id: asked only for a
+            run that names no asset selection (a whole asset job, an in-process run).
 
     Returns:
         True for a run that collects the pipeline's results on its own.
@@ -45,9 +53,29 @@ def materializes(run: dg.DagsterRun, results_key: dg.AssetKey, collect_job_name:
     """
     if RESULTS_FOR_TAG in run.tags:
         return False  # the sensor's own: found by its tag
-    if run.asset_selection is None:
-        return run.job_name == collect_job_name
-    return results_key in run.asset_selection
+    if run.job_name == collect_job_name:
+        return True
+    if run.asset_selection:
+        return results_key in run.asset_selection
+    return results_key in planned(run.run_id)
+
+
+def planned_assets(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:
+    """The assets a run planned to materialize, from its planned-materialization events.
+
+    Example:
+        >>> planned_assets(dg.DagsterInstance.ephemeral(), "no-such-run")
+        set()
+    """
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    ).records
+    return {
+        r.event_log_entry.dagster_event.asset_key
+        for r in records
+        if r.event_log_entry.dagster_event is not None
+        and r.event_log_entry.dagster_event.asset_key is not None
+    }
 
 
 def slots_of(runs: Iterable[dg.DagsterRun], slots: Collection[str]) -> dict[str, str]:
@@ -109,4 +137,11 @@ def results_runs_elsewhere(
         for runs_filter in filters
         for record in instance.get_run_records(filters=runs_filter)
     ]
-    return slots_of([r for r in runs if materializes(r, results_key, collect_job_name)], slots)
+    return slots_of(
+        [
+            r
+            for r in runs
+            if materializes(r, results_key, collect_job_name, partial(planned_assets, instance))
+        ],
+        slots,
+    )
