@@ -63,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv: The arguments after the program name; ``None`` reads ``sys.argv``.
 
     Example:
-        >>> main(["status"])  # doctest: +ELLIPSIS
+        >>> main(["no-such-command"])  # argparse prints the usage to stderr
+        Traceback (most recent call last):
         ...
+        SystemExit: 2
     """
     local_server_cli.main(
         argv,

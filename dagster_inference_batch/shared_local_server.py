@@ -285,7 +285,16 @@ def _exited(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return False
+    return _is_zombie(pid)  # exited, but its parent (another process) has not reaped it
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits for its parent to reap it (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def _stop(pid: int) -> None:

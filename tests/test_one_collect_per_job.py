@@ -37,6 +37,7 @@ def test_a_backfill_of_three_partitions_while_the_sensor_ticks_collects_each_onc
         rows=3,
         partitions_def=dg.StaticPartitionsDefinition(PARTITIONS),
         results_wait_seconds=30,
+        incremental=False,  # the partitions' prompts are alike: each is to be sent
     )
     keys = harness.pipeline
     whole_graph = (keys.input_file_key, keys.batch_key, keys.results_key)

@@ -38,7 +38,7 @@ def test_dagster_example_loads():
 
     (example,) = [b for b in python_blocks() if '"ticket_triage"' in b]
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(example, "README.md", "exec", dont_inherit=True), namespace)
     defs = namespace["defs"]
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -61,7 +61,7 @@ def project_snippet() -> dict:
     """The README's project snippet, run as a module would be (its names)."""
     (example,) = [b for b in python_blocks() if '"ticket_triage"' in b]
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
+    exec(compile(example, "README.md", "exec", dont_inherit=True), namespace)
     return namespace
 
 

@@ -123,7 +123,7 @@ def test_messages_function_must_return_a_list() -> None:
     with pytest.raises(InvalidBatchInput) as excinfo:
         build_requests(df, model="m", messages=lambda row: [] if row["custom_id"] == "b" else [{}])
     assert problems_of(excinfo) == [
-        "line 2 (custom_id 'b'): messages function returned list, not a non-empty list"
+        "row index 1 (custom_id 'b'): messages function returned list, not a non-empty list"
     ]
 
 

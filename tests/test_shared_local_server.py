@@ -98,7 +98,7 @@ def test_a_server_recorded_by_the_previous_version_is_replaced_and_batches_survi
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     state = _state(state_dir)
-    old = _record(state_dir, version=None, code_path=None, code_hash=None)
+    old = _record(state_dir, version=None, code_path=None, code_hash=None, settings=None)
     assert set(old) == {"base_url", "pid"}
 
     new = _assert_replaced(state_dir, state, caplog, "code_hash")

@@ -29,7 +29,7 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 def tickets_asset(partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
     @dg.asset(name="tickets", partitions_def=partitions_def)
-    def tickets(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    def tickets(context) -> pd.DataFrame:  # unannotated: this module's annotations are strings
         return TICKETS[context.partition_key if context.has_partition_key else "2026-11-02"]
 
     return tickets
