@@ -60,10 +60,13 @@ def run_everything(
 
 
 def failure_of(result: dg.ExecuteInProcessResult) -> tuple[str, dict]:
+    """The failed step's message (after the exception's class name) and metadata."""
     failure = next(e for e in result.all_events if e.is_step_failure)
     data = failure.step_failure_data
     metadata = data.user_failure_data.metadata if data.user_failure_data else {}
-    return data.error.message, {k: v.value for k, v in metadata.items()}
+    kind, message = data.error.message.split(": ", 1)
+    assert kind.endswith("Failure")
+    return message, {k: v.value for k, v in metadata.items()}
 
 
 def test_duplicate_ids_fail_the_input_file_step_naming_the_column_and_row_fix_first(

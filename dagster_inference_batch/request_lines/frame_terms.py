@@ -14,6 +14,8 @@ import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import InvalidBatchInput
 
 _LINE = re.compile(
@@ -49,6 +51,8 @@ class FrameTerms:
     def row(self, line: int, id_repr: str | None) -> str:
         """A line named as its DataFrame row, with the id column and the custom_id."""
         label = self.labels[line - 1] if 0 < line <= len(self.labels) else None
+        if isinstance(label, np.generic):  # numpy's repr would show np.int64(12)
+            label = label.item()
         head = f"row index {label!r}" if label is not None else f"line {line}"
         if id_repr is None:
             return head
