@@ -335,6 +335,12 @@ def batch_metadata(
         >>> meta = batch_metadata(job, "https://batch.inference.net/v1")
         >>> meta["inference_batch/submitted_status"], meta["inference_batch/provider_host"]
         ('uploaded', 'batch.inference.net')
+        >>> from dagster_inference_batch.batch_record import BatchShard
+        >>> job.shards = [BatchShard(index=0, attempt=1, idempotency_key="k", file_id="f",
+        ...     request_count=1, bytes=9, sha256="s", batch_id="b1")]
+        >>> batch_metadata(job, None, "https://example.com/batches/{batch_id}")[
+        ...     "inference_batch/dashboard_url"].url
+        'https://example.com/batches/b1'
     """
     expiries = [s.expires_at for s in job.current_shards if s.expires_at]
     submitted = InferenceBatchMetadataSet(

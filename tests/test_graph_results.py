@@ -332,6 +332,33 @@ def test_the_checks_run_alone_on_the_stored_results(instance, shared_batch_serve
             assert {check.partition for check in checks.values()} == {partition}
 
 
+def test_a_partition_rerun_answered_entirely_from_the_store_passes_the_complete_check(
+    instance, shared_batch_server, tmp_path
+):
+    harness = Harness(
+        instance,
+        shared_batch_server.base_url,
+        rows=3,
+        partitions_def=dg.StaticPartitionsDefinition(["a"]),
+        results_wait_seconds=30,
+        resource_options={"answer_store": str(tmp_path / "answers")},
+    )
+    keys = harness.pipeline
+    whole_graph = (keys.input_file_key, keys.batch_key, keys.results_key)
+    assert evaluations(harness.materialize(*whole_graph, partition="a"))[COMPLETE].passed
+
+    rerun = harness.materialize(*whole_graph, partition="a")  # every row answered already
+    assert (rerun.output_for_node(f"{NAME}_results")["source"] == "store").all()
+    complete = evaluations(rerun)[COMPLETE]
+    assert complete.passed, complete.metadata
+    counts = {k: complete.metadata[k].value for k in ("submitted_rows", "reused_rows")}
+    assert counts == {"submitted_rows": 0, "reused_rows": 3}
+    assert complete.metadata["extra_rows"].value == 0
+
+    alone = evaluations(checks_only(harness, "a"))[COMPLETE]  # from the stored metadata
+    assert alone.passed and alone.metadata["reused_rows"].value == 3
+
+
 def test_the_collect_job_evaluates_the_checks_for_its_partition(instance, shared_batch_server):
     partitions = dg.StaticPartitionsDefinition(["a", "b"])
     harness = Harness(instance, shared_batch_server.base_url, rows=2, partitions_def=partitions)

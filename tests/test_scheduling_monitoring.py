@@ -22,7 +22,7 @@ import pytest
 from dagster_inference_batch import InferenceBatchResource, build_inference_batch_assets
 from dagster_inference_batch.batch_record import BatchJob, BatchShard
 from dagster_inference_batch.local_server import LocalBatchServer
-from dagster_inference_batch.metadata import progress_metadata
+from dagster_inference_batch.metadata import batch_metadata, progress_metadata
 from dagster_inference_batch.metadata_set import InferenceBatchMetadataSet
 from dagster_inference_batch.on_time_check import OnTimeOptions
 from dagster_inference_batch.schedules import ScheduleOptions
@@ -221,6 +221,31 @@ def test_progress_observation_has_pace_eta_and_dashboard_link() -> None:
     link = metadata[InferenceBatchMetadataSet.key("dashboard_url")]
     assert link == dg.MetadataValue.url("https://platform.openai.com/batches/batch_abc")
     assert InferenceBatchResource(base_url="http://127.0.0.1:1/v1").dashboard_url is None
+
+
+def test_batch_materialization_links_each_batch_id_to_the_providers_page() -> None:
+    shards = [
+        BatchShard(
+            index=i,
+            attempt=1,
+            idempotency_key="k",
+            file_id=f"f{i}",
+            request_count=1,
+            bytes=9,
+            sha256="s",
+            batch_id=f"batch_{i}",
+        )
+        for i in range(2)
+    ]
+    job = BatchJob(endpoint="/v1/chat/completions", idempotency_key="k", shards=shards)
+    resource = InferenceBatchResource(provider="openai")
+    read = InferenceBatchMetadataSet.extract(
+        batch_metadata(job, resource.provider_label, resource.dashboard_url)
+    )
+    assert read.batch_ids == ["batch_0", "batch_1"]
+    assert read.dashboard_url == "https://platform.openai.com/batches/batch_0"
+    assert read.dashboards is not None and "batches/batch_1" in read.dashboards
+    assert InferenceBatchMetadataSet.extract(batch_metadata(job)).dashboard_url is None
 
 
 def test_sensor_progress_observations_carry_pace_and_eta(
