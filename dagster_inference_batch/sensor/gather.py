@@ -320,9 +320,13 @@ def gather_tick(
         )
     wanted = runs_wanted(spec.qualified_name, jobs, work, outcomes)
     runs = look_up_runs(instance, wanted)
-    elsewhere = results_runs_elsewhere(
-        instance, spec.results_key, spec.collect_job_name, wanted, read_at
-    )
+    try:
+        elsewhere = results_runs_elsewhere(
+            instance, spec.results_key, spec.collect_job_name, wanted, read_at
+        )
+    except Exception as exc:  # unknown whether a run collects them: each waits a tick
+        elsewhere = {}
+        runs.update(dict.fromkeys(wanted, exc))
     return TickState(
         cursor=cursor,
         jobs=jobs,
