@@ -450,10 +450,10 @@ def test_sensor_client_stays_open_until_a_refresh_given_up_on_returns(
     refreshed = threading.Event()
     original_refresh, original_close = InferenceBatchClient.refresh, InferenceBatchClient.close
 
-    def slow_refresh(self, job):
+    def slow_refresh(self, job, **options):
         time.sleep(1.5)  # longer than the tick may take
         try:
-            return original_refresh(self, job)
+            return original_refresh(self, job, **options)
         except Exception as error:
             events.append(f"refresh failed: {error}")
             raise
