@@ -204,16 +204,24 @@ def test_results_page_shows_row_count_and_checks(demo: DagsterDev, tmp_path: Pat
                 result = page.get_by_text("Evaluation result").locator("xpath=..")
                 assert "Passed" in result.inner_text()
 
-            # the results' markdown summary, opened from its metadata row
+            # the results' markdown summary, rendered in place in the overview's metadata table
             page.goto(f"{demo.url}/assets/review_insights_results")
             row = page.locator("tr", has_text="inference_batch/summary").first
-            row.wait_for(timeout=60_000)
-            row.get_by_text("Show").first.click()
-            page.get_by_text("Tokens and cost").wait_for(timeout=30_000)
-            assert page.get_by_text(f"{REVIEWS} rows").count()
+            row.get_by_text("Tokens and cost").wait_for(timeout=60_000)
+            row.scroll_into_view_if_needed()
+            summary = row.inner_text()
+            assert f"{REVIEWS} rows" in summary and "Attempts: 2" in summary, summary
             shot = SUMMARY_SCREENSHOT if UPDATE_SCREENSHOT else tmp_path / "summary.png"
-            page.screenshot(path=str(shot))
-            assert shot.stat().st_size > 10_000
+            row.screenshot(path=str(shot))
+            assert shot.stat().st_size > 5_000
+
+            # the batch's latest observation, first in its Events tab: the final status
+            page.goto(f"{demo.url}/assets/review_insights_batch?view=events")
+            latest = page.locator("tr", has_text="inference_batch/status").first
+            latest.get_by_text("completed", exact=True).wait_for(timeout=60_000)
+            assert page.get_by_text("Observed").first.is_visible()
+            attempt = page.locator("tr", has_text="inference_batch/attempt").first
+            assert attempt.inner_text().split()[-1] == "2"
             browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
