@@ -204,7 +204,9 @@ def test_results_page_shows_row_count_and_checks(demo: DagsterDev, tmp_path: Pat
                 result = page.get_by_text("Evaluation result").locator("xpath=..")
                 assert "Passed" in result.inner_text()
 
-            # the results' markdown summary, rendered in place in the overview's metadata table
+            # the results' markdown summary, rendered in place in the overview's metadata table;
+            # a wide window so that its value column shows the summary's tables uncut
+            page.set_viewport_size({"width": 2400, "height": 1400})
             page.goto(f"{demo.url}/assets/review_insights_results")
             row = page.locator("tr", has_text="inference_batch/summary").first
             row.get_by_text("Tokens and cost").wait_for(timeout=60_000)
