@@ -7,8 +7,8 @@ socket in that directory; stopped and deleted after the session.
 
 `postgres_home` (per test): a fresh database on that server and a `DAGSTER_HOME` whose
 `dagster.yaml` keeps run, event-log and schedule storage in it (`dagster-postgres`) and
-queues runs (`QueuedRunCoordinator`); runs go through the default run launcher, each in
-its own process.
+queues runs (`QueuedRunCoordinator`, dequeued by parallel threads); runs go through the
+default run launcher, each in its own process.
 
 Without the binaries (or without `dagster-postgres`) the tests are skipped with the
 reason, unless `INFERENCE_BATCH_REQUIRE_POSTGRES=1` (set by `.ci/run`): then they fail.
@@ -86,8 +86,10 @@ class PostgresServer:
         )
         return name
 
-    def dagster_yaml(self, database: str, *, max_concurrent_runs: int = 4) -> str:
-        """Run, event-log and schedule storage in `database`; queued runs."""
+    def dagster_yaml(self, database: str, *, max_concurrent_runs: int = 8) -> str:
+        """Run, event-log and schedule storage in `database`; queued runs, launched by
+        parallel threads: the default launcher's launch returns only once the run's process
+        has loaded the code location, so one dequeue thread launches runs one by one."""
         return (
             "storage:\n"
             "  postgres:\n"
@@ -98,6 +100,8 @@ class PostgresServer:
             "  config:\n"
             f"    max_concurrent_runs: {max_concurrent_runs}\n"
             "    dequeue_interval_seconds: 1\n"
+            "    dequeue_use_threads: true\n"
+            f"    dequeue_num_workers: {max_concurrent_runs}\n"
             "telemetry:\n"
             "  enabled: false\n"
         )

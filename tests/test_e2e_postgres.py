@@ -30,7 +30,8 @@ from tests.test_graph_idempotency import (
     assert_one_live_batch_per_shard_and_both_runs_agree,
 )
 
-# about 45 runs, each a Python process loading the code location: minutes on a busy machine
+# about 45 runs, each a Python process loading the code location: minutes on a busy machine;
+# runs are launched by parallel dequeue threads (postgres_fixtures), else one at a time
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1200)]
 RUNS_SECONDS = 900
 
