@@ -63,6 +63,8 @@ ADDED_SINCE: dict[str, Any] = {
     "manifest": None,
     "estimate": {},
     "tokens_saved": {},
+    # empty partitions (issue 17): a job of the previous version had input
+    "empty_input": False,
 }
 
 
