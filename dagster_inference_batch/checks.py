@@ -178,17 +178,39 @@ def failure_rate_result(
     """
     counted = _rows(results) - (_with_status(results, "cancelled") if cancelled_by_user else 0)
     not_succeeded = counted - _with_status(results, "succeeded")
-    rate = not_succeeded / counted if counted else 0.0
+    return rate_warning(
+        "failure_rate",
+        not_succeeded,
+        counted,
+        max_failure_rate,
+        not_succeeded_rows=not_succeeded,
+        counted_rows=counted,
+        **cancelled_rows(results, by_user=cancelled_by_user),
+    )
+
+
+def rate_warning(
+    rate_name: str, part: int, whole: int, max_rate: float, **metadata: Any
+) -> dg.AssetCheckResult:
+    """A WARN check result that fails when ``part / whole`` is above ``max_rate``.
+
+    Args:
+        rate_name: the rate's metadata key; the limit goes under ``max_<rate_name>``.
+        part: the rows counted against the rate.
+        whole: the rows the rate is taken over (a rate of 0 when there are none).
+        max_rate: the highest rate that passes.
+        **metadata: more check metadata (the counts behind the rate).
+
+    Example:
+        >>> result = rate_warning("failure_rate", 1, 4, 0.2, counted_rows=4)
+        >>> result.passed, result.metadata["failure_rate"].value
+        (False, 0.25)
+    """
+    rate = part / whole if whole else 0.0
     return dg.AssetCheckResult(
-        passed=rate <= max_failure_rate,
+        passed=rate <= max_rate,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "failure_rate": round(rate, 4),
-            "max_failure_rate": max_failure_rate,
-            "not_succeeded_rows": not_succeeded,
-            "counted_rows": counted,
-            **cancelled_rows(results, by_user=cancelled_by_user),
-        },
+        metadata={rate_name: round(rate, 4), f"max_{rate_name}": max_rate, **metadata},
     )
 
 

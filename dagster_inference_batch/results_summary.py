@@ -11,7 +11,7 @@ streamed ``parquet_dataset`` results are never held whole).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -143,6 +143,13 @@ def _usd(amount: float | None) -> str:
     return "unknown (no prices)" if amount is None else f"${amount:,.4f}"
 
 
+def _estimated_cost(estimate: dict[str, Any]) -> str:
+    typical, worst = estimate.get("typical_usd"), estimate.get("worst_usd")
+    if typical is None and worst is None:
+        return "unknown (no prices)" if estimate else "-"
+    return f"{_usd(typical)} (worst {_usd(worst)})"
+
+
 def results_summary(
     results: pd.DataFrame | ResultsTally, job: BatchJob, usage: dict[str, int], cost: float | None
 ) -> str:
@@ -199,8 +206,7 @@ def results_summary(
         f"| input tokens | {usage['input_tokens']:,} | "
         f"{'-' if estimated_tokens is None else f'{estimated_tokens:,}'} |",
         f"| output tokens | {usage['output_tokens']:,} | - |",
-        f"| cost | {_usd(cost)} | {_usd(estimate.get('typical_usd')) if estimate else '-'} "
-        f"(worst {_usd(estimate.get('worst_usd')) if estimate else '-'}) |",
+        f"| cost | {_usd(cost)} | {_estimated_cost(estimate)} |",
         "",
         f"**Attempts:** {job.attempt}"
         + (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
+from .checks import rate_warning
 from .structured_output import INVALID_OUTPUT, invalid_output_summary
 
 
@@ -37,17 +38,14 @@ def valid_output_result(results: pd.DataFrame, max_invalid_rate: float) -> dg.As
     """
     invalid = int((results["status"] == INVALID_OUTPUT).sum())
     answered = invalid + int((results["status"] == "succeeded").sum())
-    rate = invalid / answered if answered else 0.0
-    return dg.AssetCheckResult(
-        passed=rate <= max_invalid_rate,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "invalid_output_rate": round(rate, 4),
-            "max_invalid_output_rate": max_invalid_rate,
-            "invalid_output_rows": invalid,
-            "answered_rows": answered,
-            "invalid_output_errors": dg.MetadataValue.json(invalid_output_summary(results)),
-        },
+    return rate_warning(
+        "invalid_output_rate",
+        invalid,
+        answered,
+        max_invalid_rate,
+        invalid_output_rows=invalid,
+        answered_rows=answered,
+        invalid_output_errors=dg.MetadataValue.json(invalid_output_summary(results)),
     )
 
 

@@ -186,24 +186,23 @@ def test_repeated_requested_ids_are_refused(tmp_path) -> None:
         write_results_dataset([], ["a", "b", "a"], str(tmp_path / "ds"))
 
 
-def test_parse_content_needs_the_dataframe_format() -> None:
-    with pytest.raises(ValueError, match="parse_content"):
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"parse_content": dict}, "parse_content"),
+        (
+            {"response_model": {"type": "object", "properties": {"a": {"type": "string"}}}},
+            "response_model works with results_format='dataframe'",
+        ),
+    ],
+)
+def test_content_options_need_the_dataframe_format(option, message) -> None:
+    with pytest.raises(ValueError, match=message):
         Harness(
             dg.DagsterInstance.ephemeral(),
             "http://127.0.0.1:1/v1",
-            parse_content=dict,
             results_format="parquet_dataset",
-        )
-
-
-def test_response_model_needs_the_dataframe_format() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
-    with pytest.raises(ValueError, match="response_model works with results_format='dataframe'"):
-        Harness(
-            dg.DagsterInstance.ephemeral(),
-            "http://127.0.0.1:1/v1",
-            response_model=schema,
-            results_format="parquet_dataset",
+            **option,
         )
 
 
