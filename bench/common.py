@@ -65,7 +65,11 @@ _CHILD = textwrap.dedent(
     start = time.perf_counter()
     value = function(*args)
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # this process's own high-water mark (ru_maxrss inherits the parent's at exec)
+        with open("/proc/self/status") as status:
+            peak_kb = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+    except OSError:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({{"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "value": value}}))
     """
 )
@@ -75,8 +79,11 @@ def measure_in_subprocess(target: str, *args: Any) -> Measured:
     """Run ``"module:function"`` from ``bench/`` with JSON-able ``args`` in a new process.
 
     The function's return value must be JSON-able; it comes back as ``Measured.value``.
-    Peak RSS is the child's own high-water mark (``ru_maxrss``), imports included, so
-    both sides of a comparison pay the same interpreter and library baseline.
+    Peak RSS is the child's own high-water mark (``VmHWM`` in ``/proc/self/status``;
+    ``ru_maxrss`` elsewhere), imports included, so both sides of a comparison pay the same
+    interpreter and library baseline. Not ``ru_maxrss`` on Linux: a child started by
+    ``subprocess`` carries the parent's resident size at ``exec`` into it, so after an
+    in-process benchmark every child would report at least the parent's size.
     """
     code = _CHILD.format(bench_dir=str(BENCH_DIR), target=target, args=json.dumps(args))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
