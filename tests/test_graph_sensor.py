@@ -231,7 +231,7 @@ def test_a_key_dropped_from_a_static_definition_does_not_stop_the_others(instanc
 
 
 def test_the_batches_of_a_deleted_partition_are_cancelled_once(instance, batch_server, monkeypatch):
-    server = batch_server(requests_per_second=2)  # 10 requests: 5 s per batch
+    server = batch_server(requests_per_second=1)  # 10 requests: 10 s, still running under load
     partitions = dg.DynamicPartitionsDefinition(name="batches")
     instance.add_dynamic_partitions("batches", ["a", "b"])
     harness = Harness(instance, server.base_url, rows=10, partitions_def=partitions)
@@ -263,7 +263,7 @@ def test_the_batches_of_a_deleted_partition_are_cancelled_once(instance, batch_s
 
 
 def test_cancel_orphaned_false_leaves_the_batches_running(instance, batch_server, monkeypatch):
-    server = batch_server(requests_per_second=4)
+    server = batch_server(requests_per_second=1)  # 6 requests: 6 s, still running under load
     partitions = dg.DynamicPartitionsDefinition(name="batches")
     instance.add_dynamic_partitions("batches", ["a", "b"])
     harness = Harness(
