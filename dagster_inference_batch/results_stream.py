@@ -136,7 +136,8 @@ class _Writer:
     ) -> None:
         fs, path = _filesystem(url, filesystem)
         fs.makedirs(path, exist_ok=True)
-        self._file = fs.open(f"{path}/{DATA_FILE}", "wb")
+        self._fs, self._path = fs, f"{path}/{DATA_FILE}"
+        self._file = fs.open(self._path, "wb")
         self._writer: pq.ParquetWriter | None = None
         self._extra = extra
         self._input_schema = (
@@ -171,6 +172,15 @@ class _Writer:
             self._writer.close()
         self._file.close()
 
+    def abort(self) -> None:
+        """Close and delete the unfinished file: a failed write leaves no dataset that
+        looks complete (on object storage, closing uploads what was written)."""
+        try:
+            self.close()
+        finally:
+            if self._fs.exists(self._path):
+                self._fs.rm(self._path)
+
 
 def write_results_dataset(
     files: Sequence[ResultFile],
@@ -187,7 +197,9 @@ def write_results_dataset(
 
     The rows and columns of ``collect_results`` (plus ``source``, as
     ``InferenceBatchClient.results`` adds it), in another order: answered ids in the
-    order their winning lines come in the files, then the ids no line answers.
+    order their winning lines come in the files, then the ids no line answers. A write
+    that fails part way (an ``owners`` lookup, the storage) deletes the data file it
+    began, so ``location`` never holds a dataset that lacks rows.
 
     Args:
         files: The downloaded output and error files of every attempt.
@@ -244,8 +256,10 @@ def write_results_dataset(
             writer.write(_missing_rows(ids.take(positions), columns, owners), positions)
         if writer.summary.rows == 0:
             writer.write(_missing_rows(ids[:0], columns, owners), unanswered)
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
     return ResultsDataset(url=location, summary=writer.summary)
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
@@ -157,6 +158,23 @@ def test_any_fsspec_url(attempts) -> None:
     assert handle.url == url
     assert handle.to_pandas(["custom_id"])["custom_id"].nunique() == 40
     assert pd.read_parquet(url)["status"].value_counts()["missing"] == 10
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_write_failing_part_way_leaves_no_dataset(attempts, tmp_path, where, request) -> None:
+    if where == "s3":  # moto's server (tests/s3_fixtures.py): closing uploads what was written
+        url = f"s3://{request.getfixturevalue('s3_bucket')}/results/run-1"
+    else:
+        url = str(tmp_path / "ds")
+
+    def unreachable(missing: set[str]) -> dict[str, tuple[str, str, int]]:
+        raise ConnectionError("the provider is unreachable")
+
+    # 30 answered rows are written before the 10 unanswered ones need their owners
+    with pytest.raises(ConnectionError, match="unreachable"):
+        write_results_dataset(attempts, WANTED, url, owners=unreachable)
+    fs, path = fsspec.core.url_to_fs(url)
+    assert not fs.exists(f"{path}/{DATA_FILE}")
 
 
 def test_unanswered_ids_take_the_status_of_their_ended_batch(attempts, tmp_path) -> None:
