@@ -26,6 +26,9 @@ Baseline, same run: the N batches read by one ``client.batches.retrieve`` after 
 (openai SDK); past 1,000 the first 1,000 are timed and the total extrapolated (about 9
 minutes otherwise), which the row says.
 
+``measure`` ticks on the fixture's SQLite instance unless given another
+(``instance_for``): ``bench_sensor_postgres.py`` gives it one on PostgreSQL.
+
     PYTHONPATH=. .venv/bin/python bench/bench_sensor.py [--quick] [--sizes N ...] [--prepare]
 """
 
@@ -36,8 +39,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,8 @@ SCRATCH = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gette
 CACHE = SCRATCH / "dagster-inference-batch-bench-sensor"
 FULL_HISTORY_MAX = 1000  # partitions given the full history (see write_history)
 FIXTURE_VERSION = 1  # bump when the history written changes
+SMALL_BAR = (5.0, f"max tick <= 5 s, every batch seen within {MAX_TICKS_TO_SEE} ticks")
+LARGE_BAR = (30.0, f"max tick <= 30 s, every batch seen within {MAX_TICKS_TO_SEE} ticks")
 
 
 @dataclass
@@ -89,7 +95,8 @@ class SensorRun:
     baseline_extrapolated: bool = False
 
 
-def _partitions(n: int) -> list[str]:
+def partition_keys(n: int) -> list[str]:
+    """The ``n`` dynamic partitions, one batch in flight each."""
     return [f"item-{i:05d}" for i in range(n)]
 
 
@@ -226,7 +233,9 @@ def _server(data_dir: Path) -> LocalBatchServer:
     )
 
 
-def _pipeline() -> InferenceBatchDefinitions:
+def bench_pipeline() -> InferenceBatchDefinitions:
+    """The pipeline the sensor belongs to: ``llm`` over ``prompts``, on ``ITEMS``."""
+
     @dg.asset(name="prompts", partitions_def=ITEMS)
     def prompts() -> None:
         return None
@@ -244,7 +253,7 @@ def prepare(n: int, log: Callable[[str], None] = print) -> Path:
         return fixture
     shutil.rmtree(fixture, ignore_errors=True)
     (fixture / "dagster").mkdir(parents=True)
-    partitions = _partitions(n)
+    partitions = partition_keys(n)
     setup: dict[str, float] = {}
     with (
         _server(fixture / "server") as server,
@@ -257,7 +266,7 @@ def prepare(n: int, log: Callable[[str], None] = print) -> Path:
         log(f"{n}: created {n} batches over HTTP in {setup['create_batches_http_s']:.1f} s")
         start = time.perf_counter()
         instance.add_dynamic_partitions(ITEMS.name, partitions)
-        write_history(instance, _pipeline(), file_id, batches, partitions)
+        write_history(instance, bench_pipeline(), file_id, batches, partitions)
         setup["event_log_history_s"] = time.perf_counter() - start
         log(f"{n}: wrote the event-log history in {setup['event_log_history_s']:.1f} s")
     ready = {"batch_ids": [b.id for b in batches], "setup": setup}
@@ -265,16 +274,44 @@ def prepare(n: int, log: Callable[[str], None] = print) -> Path:
     return fixture
 
 
-def measure(n: int, workdir: Path, log: Callable[[str], None] = print) -> SensorRun:
-    """Tick the sensor over a fresh copy of ``n`` partitions' fixture, and time it."""
+InstanceFor = Callable[
+    [Path, Path, LocalBatchServer, SensorRun, Callable[[str], None]],
+    AbstractContextManager[dg.DagsterInstance],
+]
+"""Opens the instance a run ticks on: ``(fixture, workdir, server, run, log)``, with the
+fixture's history in it (see ``sqlite_instance``)."""
+
+
+@contextmanager
+def sqlite_instance(
+    fixture: Path,
+    workdir: Path,
+    server: LocalBatchServer,
+    run: SensorRun,
+    log: Callable[[str], None],
+) -> Iterator[dg.DagsterInstance]:
+    """A fresh copy of the fixture's SQLite instance (its history written by ``prepare``)."""
+    shutil.copytree(fixture / "dagster", workdir / "dagster")
+    with dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance:
+        yield instance
+
+
+def measure(
+    n: int,
+    workdir: Path,
+    log: Callable[[str], None] = print,
+    instance_for: InstanceFor = sqlite_instance,
+) -> SensorRun:
+    """Tick the sensor over a fresh copy of ``n`` partitions' fixture, and time it; the
+    Dagster instance is ``instance_for``'s (default: the fixture's SQLite one)."""
     fixture = prepare(n, log)
     ready = orjson.loads((fixture / "ready.json").read_bytes())
-    run = SensorRun(n, setup=ready["setup"])
-    shutil.copytree(fixture, workdir / "run")
-    pipeline = _pipeline()
+    run = SensorRun(n, setup=dict(ready["setup"]))
+    shutil.copytree(fixture / "server", workdir / "server")
+    pipeline = bench_pipeline()
     with (
-        _server(workdir / "run" / "server") as server,
-        dg.instance_for_test(temp_dir=str(workdir / "run" / "dagster")) as instance,
+        _server(workdir / "server") as server,
+        instance_for(fixture, workdir, server, run, log) as instance,
     ):
         resources = {
             "inference_batch": InferenceBatchResource(base_url=server.base_url, api_key=API_KEY)
@@ -322,8 +359,11 @@ def ticks_until_seen(tick: Callable[[], dict[str, str]], status: str, n: int) ->
     return None
 
 
-def to_row(run: SensorRun, *, bar_seconds: float, bar_rule: str) -> BenchRow:
-    """The row of one size: the slowest tick against its bar, every batch seen in time."""
+def to_row(
+    run: SensorRun, *, bar_seconds: float, bar_rule: str, storage: str | None = None
+) -> BenchRow:
+    """The row of one size: the slowest tick against its bar, every batch seen in time;
+    ``storage`` names the instance's storage in the row's name when it is not SQLite."""
     worst = max(run.tick_seconds)
     seen_all = all(
         ticks is not None and ticks <= MAX_TICKS_TO_SEE
@@ -331,7 +371,8 @@ def to_row(run: SensorRun, *, bar_seconds: float, bar_rule: str) -> BenchRow:
     )
     how = "extrapolated from 1,000 retrieves" if run.baseline_extrapolated else "measured"
     return BenchRow(
-        benchmark=f"sensor tick, {run.partitions:,} in-flight batches (latency {LATENCY_MS} ms)",
+        benchmark=f"sensor tick, {run.partitions:,} in-flight batches (latency {LATENCY_MS} ms)"
+        + (f", {storage}" if storage else ""),
         ours=f"{worst:.1f} s",
         baseline=f"{run.baseline_seconds:.1f} s ({how})",
         ratio=run.baseline_seconds / worst if worst else None,
@@ -354,10 +395,7 @@ def run(quick: bool) -> list[BenchRow]:
     """The sensor-at-scale rows: 1,000 and 10,000 partitions (40 and 120 when quick)."""
     small, large = (40, 120) if quick else (1000, 10000)
     rows = []
-    for n, bar_seconds, rule in (
-        (small, 5.0, f"max tick <= 5 s, every batch seen within {MAX_TICKS_TO_SEE} ticks"),
-        (large, 30.0, f"max tick <= 30 s, every batch seen within {MAX_TICKS_TO_SEE} ticks"),
-    ):
+    for n, bar_seconds, rule in ((small, *SMALL_BAR), (large, *LARGE_BAR)):
         with tempfile.TemporaryDirectory(dir=SCRATCH) as workdir:
             rows.append(to_row(measure(n, Path(workdir)), bar_seconds=bar_seconds, bar_rule=rule))
     return rows

@@ -36,6 +36,7 @@ MODULES = [
     "bench_e2e",
     "bench_server_throughput",
     "bench_sensor",
+    "bench_sensor_postgres",
 ]
 RESULTS = BENCH_DIR / "results.json"
 READMES = [BENCH_DIR / "README.md", BENCH_DIR.parent / "README.md"]

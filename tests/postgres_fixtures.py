@@ -1,9 +1,8 @@
 """A throwaway PostgreSQL server for the tests marked `postgres`, and Dagster homes on it.
 
-`postgres_server` (session): Debian's `postgresql` binaries (`initdb`, `pg_ctl`), a
-cluster in a temporary directory owned by an unprivileged user (the package's `postgres`
-system user when the tests run as root), listening on a free loopback port with its unix
-socket in that directory; stopped and deleted after the session.
+`postgres_server` (session): a cluster of Debian's `postgresql` binaries in a temporary
+directory, on a free loopback port (`tests/postgres_server.py`); stopped and deleted
+after the session.
 
 `postgres_home` (per test): a fresh database on that server and a `DAGSTER_HOME` whose
 `dagster.yaml` keeps run, event-log and schedule storage in it (`dagster-postgres`) and
@@ -16,103 +15,21 @@ reason, unless `INFERENCE_BATCH_REQUIRE_POSTGRES=1` (set by `.ci/run`): then the
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.postgres_server import PostgresServer, postgres_bin_dir, running_postgres_server
+
 REQUIRE = os.environ.get("INFERENCE_BATCH_REQUIRE_POSTGRES") == "1"
-SUPERUSER = "dagster"
-SYSTEM_USER = "postgres"  # created by Debian's postgresql package
-
-
-def postgres_bin_dir() -> Path | None:
-    """The directory of `initdb` and `pg_ctl`: on PATH, or Debian's newest version's."""
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda path: int(Path(path).parts[-3]),
-    )
-    return Path(candidates[-1]).parent if candidates else None
 
 
 def unavailable(reason: str) -> None:
     if REQUIRE:
         pytest.fail(f"{reason} (INFERENCE_BATCH_REQUIRE_POSTGRES=1)")
     pytest.skip(reason)
-
-
-def run(command: list[str]) -> None:
-    """Run `command`; on failure, fail with its output."""
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class PostgresServer:
-    """A running cluster: `SUPERUSER` may connect over loopback without a password."""
-
-    bin_dir: Path
-    port: int
-    socket_dir: Path
-
-    def url(self, database: str) -> str:
-        """The SQLAlchemy URL of `database`. The driver is named: SQLAlchemy 2.1 reads a
-        bare `postgresql://` as psycopg 3, and dagster-postgres installs psycopg2."""
-        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self) -> str:
-        name = f"dagster_{uuid.uuid4().hex[:12]}"
-        run(
-            [str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
-            + ["-U", SUPERUSER, name]
-        )
-        return name
-
-    def dagster_yaml(self, database: str, *, max_concurrent_runs: int = 8) -> str:
-        """Run, event-log and schedule storage in `database`; queued runs, launched by
-        parallel threads: the default launcher's launch returns only once the run's process
-        has loaded the code location, so one dequeue thread launches runs one by one."""
-        return (
-            "storage:\n"
-            "  postgres:\n"
-            f"    postgres_url: {self.url(database)}\n"
-            "run_coordinator:\n"
-            "  module: dagster.core.run_coordinator\n"
-            "  class: QueuedRunCoordinator\n"
-            "  config:\n"
-            f"    max_concurrent_runs: {max_concurrent_runs}\n"
-            "    dequeue_interval_seconds: 1\n"
-            "    dequeue_use_threads: true\n"
-            f"    dequeue_num_workers: {max_concurrent_runs}\n"
-            "telemetry:\n"
-            "  enabled: false\n"
-        )
-
-
-def as_cluster_owner(command: list[str]) -> list[str]:
-    """`command` as the unprivileged `postgres` user when we are root (initdb refuses
-    root); as ourselves otherwise."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", SYSTEM_USER, "--", *command]
-    return command
 
 
 @pytest.fixture(scope="session")
@@ -124,39 +41,8 @@ def postgres_server() -> Iterator[PostgresServer]:
         import dagster_postgres  # noqa: F401
     except ImportError:
         unavailable("needs dagster-postgres (pip install -e '.[test]')")
-    root = Path(tempfile.mkdtemp(prefix="inference-batch-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, user=SYSTEM_USER)
-    data = root / "data"
-    port = free_port()
-    started = False
-    try:
-        run(
-            as_cluster_owner(
-                [str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER]
-                + ["--auth=trust", "-E", "UTF8", "--no-sync"]
-            )
-        )
-        options = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        )
-        run(
-            as_cluster_owner(
-                [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options]
-                + ["-l", str(root / "server.log"), "-w", "-t", "60", "start"]
-            )
-        )
-        started = True
-        yield PostgresServer(bin_dir=bin_dir, port=port, socket_dir=root)
-    finally:
-        if started:
-            subprocess.run(
-                as_cluster_owner(
-                    [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
-                ),
-                capture_output=True,
-            )
-        shutil.rmtree(root, ignore_errors=True)
+    with running_postgres_server(bin_dir) as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.postgres_fixtures import SUPERUSER
+from tests.postgres_server import SUPERUSER
 from tests.test_readme import fenced_blocks
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "production.md"
