@@ -22,16 +22,23 @@ NAME = "llm"
 MODEL = "test-model"
 
 
-def prompts_asset(rows: int, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
-    """`prompts`: `rows` rows of (custom_id, prompt, n); ids carry the partition key."""
+def prompts_asset(
+    rows: int, partitions_def: dg.PartitionsDefinition | None, *, distinct: bool = False
+) -> dg.AssetsDefinition:
+    """`prompts`: `rows` rows of (custom_id, prompt, n); ids carry the partition key.
+
+    The prompts are the same in every partition (so a partition's answers are in the
+    answer store once another's were collected), unless `distinct`: then they name the
+    partition too, and each partition's requests are new to the store."""
 
     @dg.asset(name="prompts", partitions_def=partitions_def)
     def prompts(context: dg.AssetExecutionContext) -> pd.DataFrame:
         prefix = context.partition_key if context.has_partition_key else "row"
+        suffix = f" in {prefix}" if distinct else ""
         return pd.DataFrame(
             {
                 "custom_id": [f"{prefix}-{i}" for i in range(rows)],
-                "prompt": [f"Say hello to number {i}" for i in range(rows)],
+                "prompt": [f"Say hello to number {i}{suffix}" for i in range(rows)],
                 "n": range(rows),
             }
         )

@@ -3,28 +3,40 @@
 `dagster dev` (webserver + daemon) serves `tests/postgres_e2e_defs.py` (the demo and a
 partitioned pipeline) on a `DAGSTER_HOME` whose run, event-log and schedule storage are
 in Postgres and whose runs are queued (`tests/postgres_fixtures.py`); the default run
-launcher starts every run in a process of its own. In turn:
+launcher starts every run in a process of its own. The runs share the event log, the
+local Batch API server, the IO manager's folder and the answer store, which is on an S3
+bucket (moto's server), not on local disk. At once:
 
 - the demo: `review_insights_daily` submits, the daemon's sensor collects, and the
   summary follows; the answers are in the results' materialization in the event log;
 - a backfill submits twenty partitions at once, and the sensor collects them all;
-- two runs submit one partition at the same moment, and end on one batch per shard.
+
+then two runs submit one partition at the same moment, and end on one batch per shard.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import fsspec
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from tests.dagster_dev import REPO, start_dagster_dev, stop_group, wait_for
 from tests.dagster_harness import Harness
-from tests.postgres_e2e_defs import BACKFILL, RACE, SUBMIT_JOB, partitions
+from tests.postgres_e2e_defs import (
+    BACKFILL,
+    PROMPTS_JOB,
+    RACE,
+    RACE_JOB,
+    SUBMIT_JOB,
+    partitions,
+)
 from tests.test_graph_idempotency import (
     RACE_ROWS,
     assert_one_live_batch_per_shard_and_both_runs_agree,
@@ -36,11 +48,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
     pytest.mark.timeout(1200),
-    # opt-in until its race part passes (issue 14 open): the demo and the backfill pass
-    pytest.mark.skipif(
-        os.environ.get("INFERENCE_BATCH_POSTGRES_E2E") != "1",
-        reason="set INFERENCE_BATCH_POSTGRES_E2E=1: its race part does not pass yet",
-    ),
 ]
 RUNS_SECONDS = 900
 
@@ -56,6 +63,7 @@ mutation Backfill($params: LaunchBackfillParams!) {
   }
 }
 """
+ENDED = ("COMPLETED", "COMPLETED_SUCCESS")
 STARTED = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
@@ -75,26 +83,40 @@ def launch_backfill(dev, partition_names: list[str]) -> str:
     return launched["backfillId"]
 
 
+def backfill_ended(instance: dg.DagsterInstance, backfill_id: str) -> bool:
+    backfill = instance.get_backfill(backfill_id)
+    return backfill is not None and backfill.status.value in ENDED  # no public enum
+
+
 def results_done(harness: Harness, names: list[str]) -> bool:
     return all(harness.results_done(p) for p in names)
 
 
 def test_demo_backfill_and_race_on_postgres_each_run_in_its_own_process(
-    postgres_home: Path, batch_server, tmp_path: Path
+    postgres_home: Path, batch_server, s3_bucket: str, tmp_path: Path
 ) -> None:
     server = batch_server(validating_seconds=0.2, finalizing_seconds=0.2)
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
     env.update(REVIEW_INSIGHTS_SENSOR_INTERVAL="2", POSTGRES_E2E_BARRIER=str(barrier))
+    env["INFERENCE_BATCH_ANSWER_STORE"] = f"s3://{s3_bucket}/answers"  # AWS_* from s3_bucket
+    # a run's launch waits for its process to load the code: on a loaded 2-CPU machine
+    # (eight at once) that took over Dagster's default 60 s, and the daemon failed the run
+    env["DAGSTER_GRPC_TIMEOUT_SECONDS"] = "300"
     with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
         instance.get_runs(limit=1)  # the schema, made once before dagster dev's processes
         env["INFERENCE_BASE_URL"] = server.base_url
         harness = Harness(instance, server.base_url, rows=RACE_ROWS, partitions_def=partitions)
+        started = time.monotonic()
         process, dev = start_dagster_dev(postgres_home, env, LOCATION)
+        print(f"dagster dev up after {time.monotonic() - started:.0f} s")
         try:
             client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
+            # the demo and the backfill at once, with the race's prompts (made once)
+            prompts_run = client.submit_job_execution(PROMPTS_JOB, tags={"dagster/partition": RACE})
             client.submit_job_execution("review_insights_daily")
+            backfill_id = launch_backfill(dev, BACKFILL)
             wait_for(
                 lambda: dev.latest("review_sentiment_summary") is not None,
                 "the demo's review_sentiment_summary",
@@ -102,16 +124,19 @@ def test_demo_backfill_and_race_on_postgres_each_run_in_its_own_process(
                 postgres_home,
                 timeout=RUNS_SECONDS,
             )
-            backfill_id = launch_backfill(dev, BACKFILL)
+            print(f"demo done after {time.monotonic() - started:.0f} s")
             wait_for(
-                lambda: results_done(harness, BACKFILL),
-                "the sensor to collect the backfill's twenty partitions",
+                lambda: results_done(harness, BACKFILL) and backfill_ended(instance, backfill_id),
+                "the backfill to end and the sensor to collect its twenty partitions",
                 process,
                 postgres_home,
                 timeout=RUNS_SECONDS,
             )
+            print(f"backfill collected after {time.monotonic() - started:.0f} s")
+            # then the race, on an empty queue: both racers start at once
+            assert client.get_run_status(prompts_run) == dg.DagsterRunStatus.SUCCESS
             racers = [
-                client.submit_job_execution(SUBMIT_JOB, tags={"dagster/partition": RACE})
+                client.submit_job_execution(RACE_JOB, tags={"dagster/partition": RACE})
                 for _ in range(2)
             ]
             wait_for(
@@ -124,6 +149,7 @@ def test_demo_backfill_and_race_on_postgres_each_run_in_its_own_process(
                 postgres_home,
                 timeout=RUNS_SECONDS,
             )
+            print(f"race collected after {time.monotonic() - started:.0f} s")
         finally:
             stop_group(process)
 
@@ -143,15 +169,16 @@ def test_demo_backfill_and_race_on_postgres_each_run_in_its_own_process(
         assert summary.asset_materialization.metadata["reviews_answered"].value == REVIEWS
 
         # the backfill: every partition submitted once and collected once, every row answered
-        backfill = instance.get_backfill(backfill_id)
-        assert backfill is not None
-        assert backfill.status.value in ("COMPLETED", "COMPLETED_SUCCESS")  # no public enum
+        assert backfill_ended(instance, backfill_id)
         for partition in BACKFILL:
             assert len(harness.materializations(harness.pipeline.batch_key, partition)) == 1
             (collected,) = harness.materializations(harness.pipeline.results_key, partition)
             assert collected.metadata["inference_batch/succeeded"].value == RACE_ROWS
 
-        # the race: one live batch per shard, and both runs record exactly those
+        # the race: both runs sent the rows (none was answered from the answer store), and
+        # one live batch per shard is left, which both runs record
+        uploads = harness.materializations(harness.pipeline.input_file_key, RACE)
+        assert [u.metadata["inference_batch/rows_reused"].value for u in uploads] == [0, 0]
         duplicates = assert_one_live_batch_per_shard_and_both_runs_agree(
             server, postgres_home, server.base_url, [RACE]
         )
@@ -159,9 +186,13 @@ def test_demo_backfill_and_race_on_postgres_each_run_in_its_own_process(
         frame = harness.results_frame(RACE)
         assert Counter(frame["status"]) == {"succeeded": RACE_ROWS}
 
+        # the answers the runs stored are in the bucket, none under the home
+        assert fsspec.filesystem("s3").find(f"{s3_bucket}/answers")
+        assert not (postgres_home / "inference_batch").exists()
+
         # every run queued, then launched in a process of its own
         runs = instance.get_runs()
-        assert len(runs) >= 1 + len(BACKFILL) * 2 + 2 + 1  # + sensor and automation runs
+        assert len(runs) >= 1 + len(BACKFILL) * 2 + 1 + 2 + 1  # + sensor and automation runs
         pids = []
         for run in runs:
             assert run.status == dg.DagsterRunStatus.SUCCESS, (run.job_name, run.status)
