@@ -338,7 +338,7 @@ def _chunk(rows: list[tuple[Any, ...]], batch_id: str, attempt: int) -> pa.Table
     """Parsed rows of one file as an Arrow table of ``CHUNK_SCHEMA``."""
     columns = dict(zip(_LINE_FIELDS, zip(*rows, strict=True), strict=True))
     ids = columns["custom_id"]
-    if not all(type(c) is str for c in ids):
+    if set(map(type, ids)) != {str}:
         columns["custom_id"] = [str(c) for c in ids]
     count = len(rows)
     columns["batch_id"] = pa.repeat(pa.scalar(batch_id, pa.large_string()), count)
