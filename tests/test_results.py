@@ -267,6 +267,32 @@ def test_join_merges_attempts_itself(files: Files) -> None:
     assert collect_results([first, second], ["b", "a"]).equals(joined)
 
 
+def test_join_takes_every_column_of_the_winning_row(
+    files: Files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "_BLOCK_BYTES", 300)  # many chunks
+    first = files(
+        [
+            chat_ok("a", "one"),
+            http_error("b", 500, {"message": "down", "type": "server_error"}),
+            completion_ok("c", "text"),
+            batch_error("d", "batch_expired"),
+        ]
+    )
+    second = files(
+        [batch_error("a", "batch_cancelled"), chat_ok("d", "two"), http_error("e", 429, None)],
+        batch_id="b2",
+        attempt=2,
+    )
+    parsed = parse_result_files([first, second])
+    wanted = ["e", "d", "z", "c", "b", "a"]
+    winners = as_records(parsed.iloc[[6, 5, 2, 1, 0]], RESULT_COLUMNS)
+    missing = ["z", "missing", *[None] * (len(RESULT_COLUMNS) - 2)]
+    for joined in (collect_results([first, second], wanted), join_results(parsed, wanted)):
+        assert as_records(joined, RESULT_COLUMNS) == [*winners[:2], missing, *winners[2:]]
+        assert joined.dtypes.equals(parsed.dtypes)
+
+
 def test_join_with_inputs(files: Files) -> None:
     output = files([chat_ok("2", "two"), chat_ok("1", "one"), chat_ok("9", "nine")])
     inputs = pd.DataFrame(
