@@ -378,7 +378,12 @@ def test_dg_checks_and_lists_the_example(project):
         "review_insights_cancel",
     }
     assert [s["name"] for s in defs["sensors"]] == ["review_insights_sensor"]
-    assert len(defs["asset_checks"]) == 2
+    assert {c["name"] for c in defs["asset_checks"]} == {
+        "review_insights_batch_on_time",
+        "review_insights_results_complete",
+        "review_insights_results_failure_rate",
+        "review_insights_results_valid_output",  # the example has a response_model
+    }
 
 
 @pytest.mark.slow
