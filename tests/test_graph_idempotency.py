@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from dagster_inference_batch import client as client_module
 from dagster_inference_batch.ledger import ProcessLedger
 from tests.dagster_harness import Harness
 from tests.loopback_proxy import LoopbackProxy
+from tests.processes import run_together
 from tests.provider_state import provider_batches
 from tests.server_fixtures import jsonl, request_line, sdk_client, wait_final
 
@@ -68,26 +68,18 @@ def race(home: Path, base_url: str, partitions: list[str], barrier: Path) -> Non
         instance.get_runs(limit=1)  # create the storage once, not in both racers at once
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
     env["DAGSTER_HOME"] = str(home)
-    racers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(RACE_SCRIPT),
-                *("--home", str(home), "--base-url", base_url, "--name", name),
-                *("--barrier", str(barrier), "--partitions", ",".join(partitions)),
-                *("--rows", str(RACE_ROWS), "--max-requests-per-batch", str(RACE_PER_BATCH)),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("A", "B")
+    command = [
+        sys.executable,
+        str(RACE_SCRIPT),
+        *("--home", str(home), "--base-url", base_url),
+        *("--barrier", str(barrier), "--partitions", ",".join(partitions)),
+        *("--rows", str(RACE_ROWS), "--max-requests-per-batch", str(RACE_PER_BATCH)),
     ]
-    for name, racer in zip("AB", racers, strict=True):
-        out, err = racer.communicate(timeout=280)
-        assert racer.returncode == 0, f"exit {racer.returncode}\n{out}\n{err[-4000:]}"
-        print(f"racer {name}: {' | '.join(out.splitlines())}")
+    racers = {name: [*command, "--name", name] for name in ("A", "B")}
+    finished = run_together(racers, env, barrier.parent / "racers", timeout=280)
+    for name, racer in finished.items():
+        assert racer.returncode == 0, racer.describe(f"racer {name}")
+        print(f"racer {name}: {' | '.join(racer.stdout.splitlines())}")
 
 
 def race_harness(instance: dg.DagsterInstance, base_url: str, partitions: list[str]) -> Harness:
@@ -128,13 +120,6 @@ def assert_one_live_batch_per_shard_and_both_runs_agree(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="undiagnosed intermittent hang (2026-11-28): in about half the runs since "
-    "192c3ee, one racer's run of a partition logs llm_input_file's output, then nothing "
-    "until the other racer's barrier times out 120 s later; its llm_batch never runs, yet "
-    "the run ends RUN_SUCCESS. Passes in ~38 s otherwise. See the closing note of stop 22.",
-)
 def test_two_submissions_of_a_partition_at_once_pay_for_one_batch_per_shard(
     dagster_home, batch_server, tmp_path
 ):

@@ -11,7 +11,6 @@ every row of every partition.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import dagster as dg
 import pytest
 
 from tests.paced_submit import pacing_harness
+from tests.processes import run_together
 from tests.server_fixtures import sdk_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,29 +46,24 @@ def submit_all_at_once(home: Path, base_url: str, barrier: Path) -> dict[str, st
     barrier.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}
     env["DAGSTER_HOME"] = str(home)
-    processes = {
-        partition: subprocess.Popen(
-            [
-                sys.executable,
-                str(SUBMIT_SCRIPT),
-                *("--home", str(home), "--base-url", base_url),
-                *("--partition", partition, "--partitions", ",".join(PARTITIONS)),
-                *("--barrier", str(barrier), "--upload-interval", str(INTERVAL)),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for partition in PARTITIONS
-    }
+    command = [
+        sys.executable,
+        str(SUBMIT_SCRIPT),
+        *("--home", str(home), "--base-url", base_url, "--partitions", ",".join(PARTITIONS)),
+        *("--barrier", str(barrier), "--upload-interval", str(INTERVAL)),
+    ]
+    finished = run_together(
+        {p: [*command, "--partition", p] for p in PARTITIONS},
+        env,
+        barrier.parent / "submitters",
+        timeout=120,
+    )
     run_ids, failures = {}, {}
-    for partition, process in processes.items():
-        out, err = process.communicate(timeout=120)
+    for partition, process in finished.items():
         if process.returncode != 0:
-            failures[partition] = f"exit {process.returncode}\n{out}\n{err[-4000:]}"
+            failures[partition] = process.describe(partition)
             continue
-        line = out.strip().splitlines()[-1]
+        line = process.stdout.strip().splitlines()[-1]
         assert line.split()[:2] == [partition, "ok"], line
         run_ids[partition] = line.split()[2]
     assert not failures, failures
