@@ -6,8 +6,9 @@ functions are importable from here too (``collect_results`` does both in one pas
 Output lines look like ``{"id", "custom_id", "response": {"status_code", "request_id",
 "body": {...}}, "error": null}`` and error-file lines like ``{"id", "custom_id",
 "response": null, "error": {"code", "message"}}``. Files are read from disk in large
-blocks and parsed line by line with orjson. This module knows nothing about Dagster or
-the openai SDK.
+blocks; Arrow's JSON reader settles the usual lines of a block (``arrow_lines``) and
+the rest are parsed line by line here (msgspec, then orjson), which defines what every
+line means. This module knows nothing about Dagster or the openai SDK.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from . import arrow_lines
 from .result_bodies import (
     EMBEDDING_COLUMN,
     embedding_array,
@@ -245,17 +249,18 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _blocks(path: Path) -> Iterator[list[bytes]]:
-    """The file's lines, a block at a time (the last line may lack its newline)."""
+def _blocks(path: Path) -> Iterator[memoryview]:
+    """The file a block of whole lines at a time (the last line may lack its newline);
+    views of what was read, not copies."""
     with open(path, "rb") as f:
-        rest = b""
         while block := f.read(_BLOCK_BYTES):
-            lines = block.split(b"\n")
-            lines[0] = rest + lines[0]
-            rest = lines.pop()
-            yield lines
-        if rest:
-            yield [rest]
+            cut = block.rfind(b"\n") + 1
+            while not cut and (more := f.read(_BLOCK_BYTES)):  # a line longer than a block
+                block += more
+                cut = block.rfind(b"\n") + 1
+            cut = cut or len(block)
+            f.seek(cut - len(block), 1)  # the part line is read again with the next block
+            yield memoryview(block)[:cut]
 
 
 def _parse_lines(lines: list[bytes]) -> list[tuple[Any, ...]]:
@@ -296,16 +301,82 @@ def _parse_lines(lines: list[bytes]) -> list[tuple[Any, ...]]:
 
 
 def _parse_file(file: ResultFile) -> Iterator[pa.Table]:
-    """One file's lines, a block at a time, as ``_chunk`` tables."""
-    path, parsed = Path(file.path), 0
-    for lines in _blocks(path):
+    """One file's lines, a block at a time, as ``_chunk`` tables.
+
+    Blocks go through Arrow's reader first (``arrow_lines``), the lines it leaves
+    through :func:`_parse_lines`. After a block Arrow could not take (it refused a line,
+    or settled under half of them, as with embeddings) the rest of the file is parsed
+    line by line.
+    """
+    path, parsed, arrow = Path(file.path), 0, True
+    for block in _blocks(path):
         try:
-            rows = _parse_lines(lines)
+            chunk = _block_chunk(block, file, arrow)
+            arrow = chunk is not None
+            if chunk is None:
+                chunk = _lines_chunk(bytes(block).split(b"\n"), file)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            _raise_bad_line(path, parsed, lines, exc)
-        parsed += len(rows)
-        if rows:
-            yield _chunk(rows, file.batch_id, file.attempt)
+            _raise_bad_line(path, parsed, bytes(block).split(b"\n"), exc)
+        parsed += chunk.num_rows
+        if chunk.num_rows:
+            yield chunk
+
+
+def _lines_chunk(lines: list[bytes], file: ResultFile) -> pa.Table:
+    rows = _parse_lines(lines)
+    return _chunk(rows, file.batch_id, file.attempt) if rows else CHUNK_SCHEMA.empty_table()
+
+
+def _block_chunk(block: memoryview, file: ResultFile, arrow: bool) -> pa.Table | None:
+    """A block's lines as a ``_chunk`` table, the usual lines read by Arrow; None when
+    Arrow is off, refuses the block, or settles under half its lines."""
+    fast = arrow_lines.read_block(block) if arrow else None
+    if fast is None or 2 * fast.claimed.sum() < len(fast.claimed):
+        return None
+    count = len(fast.claimed)
+    columns = {
+        **fast.columns,
+        EMBEDDING_COLUMN: pa.nulls(count, CHUNK_SCHEMA.field(EMBEDDING_COLUMN).type),
+        "batch_id": pa.repeat(pa.scalar(file.batch_id, pa.large_string()), count),
+        "attempt": pa.repeat(pa.scalar(file.attempt, pa.int64()), count),
+    }
+    table = pa.Table.from_arrays([columns[f.name] for f in CHUNK_SCHEMA], schema=CHUNK_SCHEMA)
+    left = ~fast.claimed
+    if not left.any():
+        return table
+    lines = _nonblank_lines(block, left, count)
+    if lines is None:
+        return None
+    others = _lines_chunk(lines, file).combine_chunks()
+    if others.num_rows != len(lines) or others[EMBEDDING_COLUMN].null_count < len(lines):
+        return None  # (vectors among chat answers: the whole block line by line)
+    mask = pa.array(left)
+    return pa.Table.from_arrays(
+        [
+            column
+            if name == EMBEDDING_COLUMN
+            else pc.replace_with_mask(column, mask, others[name].chunk(0))
+            for name, column in zip(table.column_names, table.columns, strict=True)
+        ],
+        schema=CHUNK_SCHEMA,
+    )
+
+
+def _nonblank_lines(block: memoryview, wanted: np.ndarray, count: int) -> list[bytes] | None:
+    """The non-blank lines of ``block`` where ``wanted`` is true (one flag per non-blank
+    line), or None when the block does not have ``count`` non-blank lines."""
+    view = np.frombuffer(block, np.uint8)
+    ends = np.flatnonzero(view == 10)
+    if not ends.size or ends[-1] != len(block) - 1:
+        ends = np.append(ends, len(block))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    filled = ends > starts
+    if filled.sum() != count:  # a line of spaces, or a lone carriage return
+        lines = [line for line in bytes(block).split(b"\n") if line and not line.isspace()]
+        return [lines[i] for i in np.flatnonzero(wanted)] if len(lines) == count else None
+    starts, ends = starts[filled][wanted], ends[filled][wanted]
+    pairs = zip(starts.tolist(), ends.tolist(), strict=True)
+    return [bytes(block[start:end]) for start, end in pairs]
 
 
 def _raise_bad_line(path: Path, parsed: int, lines: list[bytes], exc: Exception) -> None:

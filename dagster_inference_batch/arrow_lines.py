@@ -1,0 +1,131 @@
+"""Result lines read by Arrow's JSON reader: the fast path for the usual lines.
+
+A block of result lines is parsed in C++ (on Arrow's threads) into only the fields the
+usual lines need, and the lines whose outcome the columns alone settle are *claimed*:
+
+- a chat or completions success (``error`` null, status code below 400, a first choice):
+  content from ``message.content``, else ``text``;
+- an error line whose ``error`` has a ``code`` (``batch_expired``, ``batch_cancelled``,
+  or any other: failed).
+
+Every other line (a failed request, an embeddings or Responses body, anything odd) is
+left to ``results.py``'s line-by-line parse, which defines what each line means; a block
+Arrow refuses (a line that is not JSON, or a field of another type, such as content
+given as a list of parts) is parsed there whole. The claimed rows' values are exactly
+what that parse gives them (``tests/test_results_arrow_lines.py`` checks the two agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+_TEXT = pa.large_string()
+_CHOICE = pa.struct(
+    [
+        ("message", pa.struct([("content", _TEXT)])),
+        ("text", _TEXT),
+        ("finish_reason", _TEXT),
+    ]
+)
+_USAGE = pa.struct(
+    [(name, pa.int64()) for name in ("prompt_tokens", "completion_tokens", "total_tokens")]
+)
+_BODY = pa.struct([("choices", pa.list_(_CHOICE)), ("usage", _USAGE), ("model", _TEXT)])
+_LINE = pa.schema(
+    [
+        ("custom_id", _TEXT),
+        ("response", pa.struct([("status_code", pa.int64()), ("body", _BODY)])),
+        ("error", pa.struct([("code", _TEXT), ("message", _TEXT)])),
+    ]
+)
+_PARSE = pj.ParseOptions(explicit_schema=_LINE, unexpected_field_behavior="ignore")
+_READ = pj.ReadOptions(use_threads=True, block_size=1 << 20)
+_ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
+
+
+@dataclass(frozen=True)
+class ArrowLines:
+    """A block's non-blank lines as columns, and which of them are settled.
+
+    ``columns`` maps each result field from ``custom_id`` to ``status_code`` (as in
+    ``results.RESULT_COLUMNS``, without ``batch_id`` and ``attempt``) to an array over
+    all the block's non-blank lines; only the rows where ``claimed`` is true hold their
+    final values.
+    """
+
+    columns: dict[str, pa.Array]
+    claimed: np.ndarray
+
+
+def read_block(data: bytes | memoryview) -> ArrowLines | None:
+    """Parse a block of whole result lines; None when Arrow refuses any line of it.
+
+    Example:
+        >>> block = read_block(b'{"custom_id":"a","response":null,'
+        ...     b'"error":{"code":"batch_expired","message":"late"}}\\n')
+        >>> block.columns["status"].to_pylist(), block.claimed.tolist()
+        (['expired'], [True])
+    """
+    try:
+        table = pj.read_json(pa.BufferReader(data), read_options=_READ, parse_options=_PARSE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return _classify(*(table[name].combine_chunks() for name in _LINE.names))
+
+
+def _mask(values: pa.Array) -> np.ndarray:
+    """A boolean Arrow array as numpy, null as False."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
+def _first_choices(choices: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Each row's first choice (null where there is none), and where there is one."""
+    has = _mask(pc.greater(pc.list_value_length(choices), 0))
+    starts = np.asarray(choices.offsets)[:-1]
+    first = choices.values.take(pa.array(starts, mask=~has))
+    return first, has & _mask(first.is_valid())
+
+
+def _classify(custom_id: pa.Array, response: pa.Array, error: pa.Array) -> ArrowLines:
+    status_code = pc.struct_field(response, "status_code")
+    body = pc.struct_field(response, "body")
+    first, has_choice = _first_choices(pc.struct_field(body, "choices"))
+    error_code = pc.struct_field(error, "code")
+    named = _mask(custom_id.is_valid())
+    succeeded = named & _mask(error.is_null()) & _mask(pc.less(status_code, 400)) & has_choice
+    errored = named & _mask(error_code.is_valid())
+    message = pc.struct_field(first, "message")
+    content = pc.if_else(
+        message.is_null(), pc.struct_field(first, "text"), pc.struct_field(message, "content")
+    )
+    usage = pc.struct_field(body, "usage")
+    answer = pa.array(succeeded)
+
+    def answered(values: pa.Array) -> pa.Array:
+        return pc.if_else(answer, values, pa.scalar(None, values.type))
+
+    columns = {
+        "custom_id": custom_id,
+        "status": pc.if_else(answer, pa.scalar("succeeded", _TEXT), _error_status(error_code)),
+        "content": answered(content),
+        "finish_reason": answered(pc.struct_field(first, "finish_reason")),
+        "model": answered(pc.struct_field(body, "model")),
+        "error_code": error_code,
+        "error_message": pc.struct_field(error, "message"),
+        **{name: answered(pc.struct_field(usage, name)) for name in _USAGE.names},
+        "status_code": status_code,
+    }
+    return ArrowLines(columns, succeeded | errored)
+
+
+def _error_status(code: pa.Array) -> pa.Array:
+    """``expired`` / ``cancelled`` for those codes, ``failed`` for any other."""
+    status = pa.repeat(pa.scalar("failed", _TEXT), len(code))
+    for error, name in _ERROR_STATUS.items():
+        status = pc.if_else(_mask(pc.equal(code, error)), pa.scalar(name, _TEXT), status)
+    return status
