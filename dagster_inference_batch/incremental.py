@@ -17,7 +17,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import orjson
 
 from .answer_store import AnswerStore, StoredAnswer, answer_problem
@@ -149,6 +151,76 @@ def answers_for_unsent(
     return made, from_store
 
 
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: Any = msgspec.UNSET
+    completion_tokens: Any = msgspec.UNSET
+    input_tokens: Any = None
+    output_tokens: Any = None
+
+
+class _Body(msgspec.Struct, gc=False):
+    usage: _Usage | None = None
+
+
+class _Response(msgspec.Struct, gc=False):
+    status_code: Any = None
+    body: _Body | None = None
+
+
+class _Line(msgspec.Struct, gc=False):
+    """What storing a line needs of it; the answer itself is skipped, not built."""
+
+    custom_id: Any = None
+    response: _Response | None = None
+    error: Any = None
+
+
+_DECODE_LINE = msgspec.json.Decoder(_Line).decode
+
+
+def _tokens(usage: _Usage | None) -> tuple[Any, Any]:
+    """(input, output) tokens: ``prompt_tokens`` / ``completion_tokens``, else the
+    Responses API's ``input_tokens`` / ``output_tokens``."""
+    if usage is None:
+        return None, None
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    return (
+        usage.input_tokens if prompt is msgspec.UNSET else prompt,
+        usage.output_tokens if completion is msgspec.UNSET else completion,
+    )
+
+
+def _storable(line: bytes, structured: StructuredOutput | None) -> tuple[Any, Any, Any] | None:
+    """``(custom_id, input tokens, output tokens)`` of a line worth storing, or None.
+
+    Without ``structured`` the line is decoded into only the fields that decide it (the
+    rule of ``answer_store.answer_problem``); with it, or for a line of another shape,
+    it is parsed whole."""
+    if structured is None:
+        try:
+            record = _DECODE_LINE(line)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            status = None if record.response is None else record.response.status_code
+            if not isinstance(status, int) or not 200 <= status < 300 or record.error is not None:
+                return None
+            body = record.response.body
+            return (record.custom_id, *_tokens(None if body is None else body.usage))
+    parsed = orjson.loads(line)
+    if answer_problem(parsed, line) is not None:
+        return None
+    body = parsed["response"].get("body") or {}
+    if structured is not None and structured.check(answer_fields(body)[0]):
+        return None  # invalid_output: not worth keeping
+    usage = body.get("usage") or {}
+    return (
+        parsed.get("custom_id"),
+        usage.get("prompt_tokens", usage.get("input_tokens")),
+        usage.get("completion_tokens", usage.get("output_tokens")),
+    )
+
+
 def _successful_answers(
     files: list[ResultFile], fingerprints: dict[str, str], structured: StructuredOutput | None
 ) -> Iterator[tuple[str, StoredAnswer]]:
@@ -163,17 +235,10 @@ def _successful_answers(
                 line = raw.rstrip(b"\r\n")
                 if not line:
                     continue
-                record = orjson.loads(line)
-                if answer_problem(record, line) is not None:
-                    continue
-                fingerprint = fingerprints.get(str(record.get("custom_id")))
+                facts = _storable(line, structured)
+                fingerprint = None if facts is None else fingerprints.get(str(facts[0]))
                 if fingerprint is None:
                     continue
-                response = record["response"]
-                body = response.get("body") or {}
-                if structured is not None and structured.check(answer_fields(body)[0]):
-                    continue  # invalid_output: not worth keeping
-                usage = body.get("usage") or {}
                 yield (
                     fingerprint,
                     StoredAnswer(
@@ -181,7 +246,7 @@ def _successful_answers(
                         line=line,
                         batch_id=file.batch_id,
                         stored_at=now,
-                        input_tokens=usage.get("prompt_tokens", usage.get("input_tokens")),
-                        output_tokens=usage.get("completion_tokens", usage.get("output_tokens")),
+                        input_tokens=facts[1],
+                        output_tokens=facts[2],
                     ),
                 )

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import fsspec
+import msgspec
 import orjson
 import pytest
 
@@ -290,3 +291,51 @@ def test_a_job_stores_only_the_successful_lines_of_its_output_files(tmp_path):
     found = store.lookup(["fa", "fb", "fc", "fd"])
     assert sorted(found) == ["fa", "fd"]
     assert found["fd"].line == line("d") and found["fd"].batch_id == "batch_1"
+
+
+def test_the_answers_stored_are_the_same_whether_decoded_typed_or_whole(tmp_path, monkeypatch):
+    from dagster_inference_batch import incremental
+    from dagster_inference_batch.job_manifest import Manifest
+    from dagster_inference_batch.results import ResultFile
+
+    def usage_line(custom_id: object, usage: object, **response: object) -> bytes:
+        body = {"choices": [], "usage": usage} if usage != "none" else None
+        reply = {"status_code": 200, "body": body, **response}
+        return orjson.dumps({"custom_id": custom_id, "response": reply, "error": None})
+
+    lines = [
+        usage_line("a", {"prompt_tokens": 3, "completion_tokens": 4}),
+        usage_line("b", {"prompt_tokens": None, "input_tokens": 5, "output_tokens": 6}),
+        usage_line("c", {"input_tokens": 7, "output_tokens": 8}),
+        usage_line("d", None),
+        usage_line("e", "none"),
+        usage_line(7, {"prompt_tokens": 1}),
+        usage_line("f", {}, status_code=True),
+        usage_line("g", {}, status_code=299),
+        usage_line("h", {}, status_code="200"),
+        orjson.dumps({"custom_id": "i", "response": {"status_code": 200}, "error": False}),
+        b'{"custom_id": "j", "response": {"status_code": 200, "body": {"usage": []}}}',
+    ]
+    output = tmp_path / "output.jsonl"
+    output.write_bytes(b"\n".join(lines) + b"\n")
+    ids = [*"abcde", "7", *"fghij"]
+    manifest = Manifest(ids, [f"f-{i}" for i in ids], [True] * len(ids))
+    files = [ResultFile(output, "output", "batch_1", 1)]
+
+    def stored(name: str) -> dict:
+        store = AnswerStore(str(tmp_path / name), namespace=NAMESPACE)
+        incremental.answers_for_unsent(manifest, files, store, tmp_path)
+        found = store.lookup(manifest.fingerprints)
+        return {f: (a.line, a.input_tokens, a.output_tokens) for f, a in found.items()}
+
+    typed = stored("typed")
+
+    def refuse(line: bytes) -> None:
+        raise msgspec.ValidationError("parse it whole")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(incremental, "_DECODE_LINE", refuse)
+        whole = stored("whole")
+    assert typed == whole
+    assert sorted(typed) == ["f-7", "f-a", "f-b", "f-c", "f-d", "f-e", "f-g", "f-j"]
+    assert typed["f-b"][1:] == (None, 6) and typed["f-c"][1:] == (7, 8)
