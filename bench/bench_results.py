@@ -13,7 +13,9 @@ each in its own process (wall time and peak RSS, ``common.measure_in_subprocess`
 
 Ours and the baseline must agree on the status and on content and tokens at a sample of
 rows. Bars (issue 13): ours >= 8x faster than the baseline, <= 0.25x its peak RSS, and
-<= 2x the raw parse's time.
+<= 2x the raw parse's time. Ours and the raw parse run as three back-to-back pairs (one
+with ``--quick``); the table shows the median run of ours and the median of the pairs'
+ratios, the memory bar the highest peak of ours.
 
     python bench/run.py --only bench_results [--quick]
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import statistics
 import time
 from typing import Any
 
@@ -32,6 +35,7 @@ from result_files import custom_ids, result_files
 from dagster_inference_batch.results import ResultFile, collect_results
 
 FULL_ROWS, QUICK_ROWS = 1_000_000, 50_000
+PAIRS = 3  # runs of ours and the raw parse, alternated
 SAMPLE = 997  # every SAMPLE-th row is compared between ours and the baseline
 
 
@@ -132,17 +136,29 @@ def run(quick: bool) -> list[BenchRow]:
     output, errors = result_files(rows)
     megabytes = (output.stat().st_size + errors.stat().st_size) / 1e6
     parser = fastest_parser(rows)
-    mine = measure_in_subprocess("bench_results:ours", rows)
     base = measure_in_subprocess("bench_results:baseline", rows)
-    raw = measure_in_subprocess("bench_results:raw_parse", rows, parser)
-    mine_s, base_s = mine.value.pop("seconds"), base.value.pop("seconds")
-    if mine.value != base.value:
-        raise AssertionError(f"ours and the baseline disagree on {rows} rows")
+    base_s = base.value.pop("seconds")
+    # ours and the raw parse in back-to-back pairs: the machine's speed drifts by up to
+    # 2x over minutes, and within a pair both sides see about the same machine
+    pairs = []
+    for _ in range(1 if quick else PAIRS):
+        mine = measure_in_subprocess("bench_results:ours", rows)
+        raw = measure_in_subprocess("bench_results:raw_parse", rows, parser)
+        pairs.append((mine.value.pop("seconds"), raw.seconds, mine.peak_rss_mb))
+        if mine.value != base.value:
+            raise AssertionError(f"ours and the baseline disagree on {rows} rows")
+    mine_s, raw_s, _ = sorted(pairs)[len(pairs) // 2]  # the median run of ours
+    versus_raw = statistics.median(ours / raw for ours, raw, _ in pairs)
+    peak_mb = max(peak for _, _, peak in pairs)
     size = f"{rows:,} + {rows // 100:,} lines, {megabytes:.0f} MB"
-    detail = {"rows": rows, "megabytes": round(megabytes, 1), "parser": parser}
+    detail = {
+        "rows": rows,
+        "megabytes": round(megabytes, 1),
+        "parser": parser,
+        "pairs (ours s, raw s, ours MB)": pairs,
+    }
     speed = base_s / mine_s
-    memory = mine.peak_rss_mb / base.peak_rss_mb
-    versus_raw = mine_s / raw.seconds
+    memory = peak_mb / base.peak_rss_mb
     return [
         BenchRow(
             f"join results: time ({size})",
@@ -155,24 +171,24 @@ def run(quick: bool) -> list[BenchRow]:
         ),
         BenchRow(
             f"join results: peak RSS ({size})",
-            f"{mine.peak_rss_mb:.0f} MB",
+            f"{peak_mb:.0f} MB",
             f"{base.peak_rss_mb:.0f} MB (read_json + json_normalize + merge)",
             round(memory, 3),
             "ours / baseline <= 0.25",
             memory <= 0.25,
-            {**detail, "ours_mb": mine.peak_rss_mb, "baseline_mb": base.peak_rss_mb},
+            {**detail, "ours_mb": peak_mb, "baseline_mb": base.peak_rss_mb},
         ),
         BenchRow(
             f"join results vs raw {parser} parse ({size})",
             f"{mine_s:.2f} s, {megabytes / mine_s:.0f} MB/s",
-            f"{raw.seconds:.2f} s, {megabytes / raw.seconds:.0f} MB/s (raw {parser}.loads per line)",
+            f"{raw_s:.2f} s, {megabytes / raw_s:.0f} MB/s (raw {parser}.loads per line)",
             round(versus_raw, 2),
-            "ours / raw parse <= 2",
+            f"ours / raw parse <= 2 (median of {len(pairs)} back-to-back pairs)",
             versus_raw <= 2,
             {
                 **detail,
                 "ours_mb_per_s": megabytes / mine_s,
-                "raw_mb_per_s": megabytes / raw.seconds,
+                "raw_mb_per_s": megabytes / raw_s,
             },
         ),
     ]
