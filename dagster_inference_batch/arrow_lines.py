@@ -6,7 +6,9 @@ usual lines need, and the lines whose outcome the columns alone settle are *clai
 - a chat or completions success (``error`` null, status code below 400, a first choice):
   content from ``message.content``, else ``text``;
 - an error line whose ``error`` has a ``code`` (``batch_expired``, ``batch_cancelled``,
-  or any other: failed).
+  or any other: failed);
+- a failed request (``error`` null, status code 400 or more): code and message from the
+  body's ``error`` (``code``, else ``type``, else ``http_<status>``).
 
 Every other line (a failed request, an embeddings or Responses body, anything odd) is
 left to ``results.py``'s line-by-line parse, which defines what each line means; a block
@@ -35,7 +37,10 @@ _CHOICE = pa.struct(
 _USAGE = pa.struct(
     [(name, pa.int64()) for name in ("prompt_tokens", "completion_tokens", "total_tokens")]
 )
-_BODY = pa.struct([("choices", pa.list_(_CHOICE)), ("usage", _USAGE), ("model", _TEXT)])
+_FAILURE = pa.struct([("code", _TEXT), ("type", _TEXT), ("message", _TEXT)])
+_BODY = pa.struct(
+    [("choices", pa.list_(_CHOICE)), ("usage", _USAGE), ("model", _TEXT), ("error", _FAILURE)]
+)
 _LINE = pa.schema(
     [
         ("custom_id", _TEXT),
@@ -97,7 +102,9 @@ def _classify(custom_id: pa.Array, response: pa.Array, error: pa.Array) -> Arrow
     first, has_choice = _first_choices(pc.struct_field(body, "choices"))
     error_code = pc.struct_field(error, "code")
     named = _mask(custom_id.is_valid())
-    succeeded = named & _mask(error.is_null()) & _mask(pc.less(status_code, 400)) & has_choice
+    no_error = named & _mask(error.is_null())
+    succeeded = no_error & _mask(pc.less(status_code, 400)) & has_choice
+    refused = no_error & _mask(pc.greater_equal(status_code, 400))
     errored = named & _mask(error_code.is_valid())
     message = pc.struct_field(first, "message")
     content = pc.if_else(
@@ -105,6 +112,8 @@ def _classify(custom_id: pa.Array, response: pa.Array, error: pa.Array) -> Arrow
     )
     usage = pc.struct_field(body, "usage")
     answer = pa.array(succeeded)
+    refused_rows = pa.array(refused)
+    failure_code, failure_message = _failure(pc.struct_field(body, "error"), status_code)
 
     def answered(values: pa.Array) -> pa.Array:
         return pc.if_else(answer, values, pa.scalar(None, values.type))
@@ -115,12 +124,14 @@ def _classify(custom_id: pa.Array, response: pa.Array, error: pa.Array) -> Arrow
         "content": answered(content),
         "finish_reason": answered(pc.struct_field(first, "finish_reason")),
         "model": answered(pc.struct_field(body, "model")),
-        "error_code": error_code,
-        "error_message": pc.struct_field(error, "message"),
+        "error_code": pc.if_else(refused_rows, failure_code, error_code),
+        "error_message": pc.if_else(
+            refused_rows, failure_message, pc.struct_field(error, "message")
+        ),
         **{name: answered(pc.struct_field(usage, name)) for name in _USAGE.names},
         "status_code": status_code,
     }
-    return ArrowLines(columns, succeeded | errored)
+    return ArrowLines(columns, succeeded | errored | refused)
 
 
 def _error_status(code: pa.Array) -> pa.Array:
@@ -129,3 +140,20 @@ def _error_status(code: pa.Array) -> pa.Array:
     for error, name in _ERROR_STATUS.items():
         status = pc.if_else(_mask(pc.equal(code, error)), pa.scalar(name, _TEXT), status)
     return status
+
+
+def _filled(values: pa.Array) -> np.ndarray:
+    """Where a text value is there and not empty (what Python's ``or`` keeps)."""
+    return _mask(pc.not_equal(values, ""))
+
+
+def _failure(detail: pa.Array, status_code: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """A failed request's error code (the body's ``error.code``, else its ``type``, else
+    ``http_<status>``) and message (``error.message``, else ``HTTP <status>``)."""
+    status = pc.cast(status_code, _TEXT)
+    code, kind, message = (pc.struct_field(detail, name) for name in _FAILURE.names)
+    nothing = pa.scalar("", _TEXT)
+    by_status = pc.binary_join_element_wise(pa.scalar("http_", _TEXT), status, nothing)
+    code = pc.if_else(_filled(code), code, pc.if_else(_filled(kind), kind, by_status))
+    default = pc.binary_join_element_wise(pa.scalar("HTTP ", _TEXT), status, nothing)
+    return code, pc.if_else(_filled(message), message, default)

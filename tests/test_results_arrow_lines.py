@@ -60,6 +60,14 @@ def odd_lines(custom_id: str) -> list[dict]:
         http_error(custom_id, 500, {"message": "boom", "type": "server_error"}),
         http_error(custom_id, 429, None),
         http_error(custom_id, 404, {"code": "nope"}),
+        http_error(custom_id, 400, {"code": "", "type": "invalid_request", "message": ""}),
+        http_error(custom_id, 503, {"code": None, "type": None, "message": None}),
+        http_error(custom_id, 500, "upstream down"),
+        http_error(custom_id, 500, {"code": 17}),
+        {"custom_id": custom_id, "response": {"status_code": 502, "body": None}, "error": None},
+        {"custom_id": custom_id, "response": {"status_code": 500}, "error": {}},
+        {"custom_id": custom_id, "response": {"status_code": 500}, "error": {"code": "x"}},
+        http_error(custom_id, 500, {"code": "c", "type": "t", "message": "m"}),
         batch_error(custom_id, "batch_expired"),
         batch_error(custom_id, "batch_cancelled"),
         batch_error(custom_id, "rate_limit_exceeded"),
@@ -133,7 +141,7 @@ def test_the_usual_lines_are_settled_by_arrow():
     lines = [chat_ok("a"), completion_ok("b", "x"), batch_error("c", "batch_expired")]
     lines += [http_error("d", 500, {"message": "boom"}), embedding_ok("e")]
     block = arrow_lines.read_block(b"\n".join(map(orjson.dumps, lines)))
-    assert block.claimed.tolist() == [True, True, True, False, False]
+    assert block.claimed.tolist() == [True, True, True, True, False]
 
 
 def test_a_line_longer_than_a_block(tmp_path, monkeypatch):
