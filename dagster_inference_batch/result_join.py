@@ -80,9 +80,9 @@ def _take_few(column: pa.ChunkedArray, rows: pa.Array) -> pa.Array:
     return taken.dictionary.take(taken.indices)
 
 
-def join_table(table: pa.Table, wanted: list[str]) -> pa.Table:
+def join_table(table: pa.Table, wanted: list[str] | pa.Array) -> pa.Table:
     """One row per wanted id, in order; status ``missing`` where there is no row."""
-    ids = pa.array(wanted, pa.large_string())
+    ids = wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.large_string())
     rows = _winner_rows(table, ids)
     columns = []
     for field in table.schema:
@@ -100,7 +100,10 @@ def join_table(table: pa.Table, wanted: list[str]) -> pa.Table:
 
 
 def with_inputs(
-    result: pd.DataFrame, wanted: list[str], inputs: pd.DataFrame | None, id_column: str
+    result: pd.DataFrame,
+    wanted: list[str] | pa.Array,
+    inputs: pd.DataFrame | None,
+    id_column: str,
 ) -> pd.DataFrame:
     """Append the input columns, row for row (``_input`` suffix on clashing names)."""
     if inputs is None:
@@ -116,18 +119,19 @@ def input_columns(
     id column when it is ``custom_id``, names in ``result_columns`` suffixed ``_input``.
 
     Raises:
-        ValueError: ``inputs`` repeats an id.
+        ValueError: ``inputs`` repeats an id it must be looked up by (its ids are not
+            ``wanted`` in order).
     """
     column = inputs[id_column]
     if not pd.api.types.is_string_dtype(column):
         column = column.astype(str)
     keys = pa.array(column, pa.large_string())
-    raise_if_repeated(keys, f"inputs column {id_column!r} repeats the id")
     extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
     extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result_columns})
     extra = extra.reset_index(drop=True)
     ids = wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.large_string())
-    if not keys.equals(ids):
+    if not keys.equals(ids):  # (the same ids in the same order: row for row, no lookup)
+        raise_if_repeated(keys, f"inputs column {id_column!r} repeats the id")
         rows = _lookup(keys, ids)
         extra = extra.reindex(rows.fill_null(-1).to_numpy()).reset_index(drop=True)
     return extra

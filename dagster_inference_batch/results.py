@@ -538,13 +538,13 @@ def collect_results(
         One row per requested id (see ``join_results``).
 
     Raises:
-        ValueError: An unreadable line, or ``inputs`` repeating an id.
+        ValueError: An unreadable line, or ``inputs`` repeating an id it is matched by.
 
     Example:
         >>> collect_results([], ["a"]).status.tolist()
         ['missing']
     """
-    wanted = list(custom_ids)
+    wanted = pa.array(list(custom_ids), pa.large_string())
     table = _parse_table(files)
     if structured is None:
         return with_inputs(to_frame(join_table(table, wanted)), wanted, inputs, id_column)
