@@ -469,9 +469,20 @@ def without_unused_embeddings(table: pa.Table) -> pa.Table:
 
 
 def _parse_table(files: Sequence[ResultFile]) -> pa.Table:
-    """Every line of every file, in file order, as one Arrow table of ``RESULT_COLUMNS``."""
-    table = pa.concat_tables([CHUNK_SCHEMA.empty_table(), *parse_chunks(files)])
-    return without_unused_embeddings(table.combine_chunks())
+    """Every line of every file, in file order, as one Arrow table of ``RESULT_COLUMNS``.
+
+    The chunks are combined a column at a time, each column's pieces let go once it is
+    one array: the peak is the chunks plus one column, not the chunks twice over."""
+    pieces = {field.name: [] for field in CHUNK_SCHEMA}
+    for chunk in parse_chunks(files):
+        for name, column in zip(chunk.column_names, chunk.columns, strict=True):
+            pieces[name].extend(column.chunks)
+        del chunk, column
+    columns = []
+    for field in CHUNK_SCHEMA:
+        columns.append(pa.concat_arrays(pieces.pop(field.name) or [pa.array([], field.type)]))
+    table = pa.Table.from_arrays(columns, schema=CHUNK_SCHEMA)
+    return without_unused_embeddings(table)
 
 
 def _parsed(files: Sequence[ResultFile], structured: StructuredOutput | None) -> pa.Table:
