@@ -349,10 +349,21 @@ def answer_problem(parsed: Any, line: bytes) -> str | None:
     status = response.get("status_code") if isinstance(response, dict) else None
     if b"\n" in line:
         return "the line holds a newline"
+    return status_problem(status, parsed.get("error") if isinstance(parsed, dict) else None)
+
+
+def status_problem(status: Any, error: Any) -> str | None:
+    """Why a line whose ``response.status_code`` is ``status`` and whose ``error`` is
+    ``error`` is not a successful answer, or None (the rule of :func:`answer_problem`).
+
+    Example:
+        >>> status_problem(200, None) is None, status_problem(200, {"code": "x"})
+        (True, "error is {'code': 'x'}")
+    """
     if not isinstance(status, int) or not 200 <= status < 300:
         return f"response.status_code {status} is not 2xx"
-    if parsed.get("error") is not None:
-        return f"error is {parsed['error']!r}"
+    if error is not None:
+        return f"error is {error!r}"
     return None
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from .answer_store import AnswerStore, StoredAnswer, answer_problem
+from .answer_store import AnswerStore, StoredAnswer, answer_problem, status_problem
 from .job_manifest import Manifest
 from .request_lines import EncodedRequests
 from .results import ResultFile, answer_fields
@@ -193,9 +193,9 @@ def _tokens(usage: _Usage | None) -> tuple[Any, Any]:
 def _storable(line: bytes, structured: StructuredOutput | None) -> tuple[Any, Any, Any] | None:
     """``(custom_id, input tokens, output tokens)`` of a line worth storing, or None.
 
-    Without ``structured`` the line is decoded into only the fields that decide it (the
-    rule of ``answer_store.answer_problem``); with it, or for a line of another shape,
-    it is parsed whole."""
+    Without ``structured`` the line is decoded into only the fields that decide it
+    (``answer_store.status_problem``); with it, or for a line of another shape, it is
+    parsed whole."""
     if structured is None:
         try:
             record = _DECODE_LINE(line)
@@ -203,7 +203,7 @@ def _storable(line: bytes, structured: StructuredOutput | None) -> tuple[Any, An
             pass
         else:
             status = None if record.response is None else record.response.status_code
-            if not isinstance(status, int) or not 200 <= status < 300 or record.error is not None:
+            if status_problem(status, record.error) is not None:
                 return None
             body = record.response.body
             return (record.custom_id, *_tokens(None if body is None else body.usage))

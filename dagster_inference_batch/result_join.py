@@ -80,9 +80,14 @@ def _take_few(column: pa.ChunkedArray, rows: pa.Array) -> pa.Array:
     return taken.dictionary.take(taken.indices)
 
 
+def _id_array(wanted: list[str] | pa.Array) -> pa.Array:
+    """The requested ids as one Arrow array (as given when they already are one)."""
+    return wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.large_string())
+
+
 def join_table(table: pa.Table, wanted: list[str] | pa.Array) -> pa.Table:
     """One row per wanted id, in order; status ``missing`` where there is no row."""
-    ids = wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.large_string())
+    ids = _id_array(wanted)
     rows = _winner_rows(table, ids)
     columns = []
     for field in table.schema:
@@ -129,7 +134,7 @@ def input_columns(
     extra = inputs.drop(columns=["custom_id"]) if id_column == "custom_id" else inputs
     extra = extra.rename(columns={c: f"{c}_input" for c in extra.columns if c in result_columns})
     extra = extra.reset_index(drop=True)
-    ids = wanted if isinstance(wanted, pa.Array) else pa.array(wanted, pa.large_string())
+    ids = _id_array(wanted)
     if not keys.equals(ids):  # (the same ids in the same order: row for row, no lookup)
         raise_if_repeated(keys, f"inputs column {id_column!r} repeats the id")
         rows = _lookup(keys, ids)
