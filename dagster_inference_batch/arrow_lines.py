@@ -14,7 +14,8 @@ Every other line (a failed request, an embeddings or Responses body, anything od
 left to ``results.py``'s line-by-line parse, which defines what each line means; a block
 Arrow refuses (a line that is not JSON, or a field of another type, such as content
 given as a list of parts) is parsed there whole. The claimed rows' values are exactly
-what that parse gives them (``tests/test_results_arrow_lines.py`` checks the two agree).
+what that parse gives them (``tests/test_results_arrow_lines.py`` checks the two agree):
+a change to how one of these lines is classified goes in both places.
 """
 
 from __future__ import annotations
