@@ -1,7 +1,8 @@
 """Result lines read by Arrow's JSON reader: the fast path for the usual lines.
 
-A block of result lines is parsed in C++ (on Arrow's threads) into only the fields the
-usual lines need, and the lines whose outcome the columns alone settle are *claimed*:
+A block of result lines is parsed in C++ (one block per thread: ``results.py`` reads a
+few blocks ahead) into only the fields the usual lines need, and the lines whose outcome
+the columns alone settle are *claimed*:
 
 - a chat or completions success (``error`` null, status code below 400, a first choice):
   content from ``message.content``, else ``text``;
@@ -50,7 +51,6 @@ _LINE = pa.schema(
     ]
 )
 _PARSE = pj.ParseOptions(explicit_schema=_LINE, unexpected_field_behavior="ignore")
-_READ = pj.ReadOptions(use_threads=True, block_size=1 << 20)
 _ERROR_STATUS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
 
 
@@ -78,7 +78,9 @@ def read_block(data: bytes | memoryview) -> ArrowLines | None:
         (['expired'], [True])
     """
     try:
-        table = pj.read_json(pa.BufferReader(data), read_options=_READ, parse_options=_PARSE)
+        # the block as one chunk, on this thread (read_block runs on several at once)
+        read = pj.ReadOptions(use_threads=False, block_size=max(len(data), 1))
+        table = pj.read_json(pa.BufferReader(data), read_options=read, parse_options=_PARSE)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     return _classify(*(table[name].combine_chunks() for name in _LINE.names))
@@ -89,50 +91,100 @@ def _mask(values: pa.Array) -> np.ndarray:
     return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
 
 
-def _first_choices(choices: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Each row's first choice (null where there is none), and where there is one."""
+def _first_choices(choices: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """Each row's first choice's content and finish reason (null where it has none), and
+    where it has one."""
     has = _mask(pc.greater(pc.list_value_length(choices), 0))
     starts = np.asarray(choices.offsets)[:-1]
-    first = choices.values.take(pa.array(starts, mask=~has))
-    return first, has & _mask(first.is_valid())
+    values = choices.values
+    has &= _mask(values.is_valid().take(pa.array(starts, mask=~has)))
+    content, reason = _content(values), pc.struct_field(values, "finish_reason")
+    return _spread(content, starts, has), _spread(reason, starts, has), has
+
+
+def _spread(values: pa.Array, positions: np.ndarray, rows: np.ndarray) -> pa.Array:
+    """``values.take(positions)`` where ``rows`` is true, null elsewhere.
+
+    When the rows take consecutive values (one choice each, the usual answer), the text
+    is not copied: the result's offsets point into ``values``' own bytes.
+    """
+    taken = positions[rows]
+    if not taken.size:
+        return pa.nulls(len(rows), values.type)
+    consecutive = taken[-1] - taken[0] == taken.size - 1 and bool(np.all(np.diff(taken) == 1))
+    if not consecutive or not pa.types.is_large_string(values.type):
+        return values.take(pa.array(positions, mask=~rows))
+    first = int(taken[0])
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset :]
+    ends = offsets[first + np.cumsum(rows)]
+    valid = rows.copy()
+    if values.null_count:
+        valid[rows] = _mask(values.is_valid())[first : first + taken.size]
+    return pa.LargeStringArray.from_buffers(
+        len(rows),
+        pa.py_buffer(np.concatenate(([offsets[first]], ends))),
+        values.buffers()[2],
+        pa.py_buffer(np.packbits(valid, bitorder="little")),
+    )
 
 
 def _classify(custom_id: pa.Array, response: pa.Array, error: pa.Array) -> ArrowLines:
     status_code = pc.struct_field(response, "status_code")
     body = pc.struct_field(response, "body")
-    first, has_choice = _first_choices(pc.struct_field(body, "choices"))
+    content, finish_reason, has_choice = _first_choices(pc.struct_field(body, "choices"))
     error_code = pc.struct_field(error, "code")
     named = _mask(custom_id.is_valid())
     no_error = named & _mask(error.is_null())
     succeeded = no_error & _mask(pc.less(status_code, 400)) & has_choice
     refused = no_error & _mask(pc.greater_equal(status_code, 400))
     errored = named & _mask(error_code.is_valid())
-    message = pc.struct_field(first, "message")
-    content = pc.if_else(
-        message.is_null(), pc.struct_field(first, "text"), pc.struct_field(message, "content")
-    )
     usage = pc.struct_field(body, "usage")
     answer = pa.array(succeeded)
-    refused_rows = pa.array(refused)
-    failure_code, failure_message = _failure(pc.struct_field(body, "error"), status_code)
 
     def answered(values: pa.Array) -> pa.Array:
+        """``values`` where the line succeeded, else null (most often already so, and
+        then not copied: ``content`` is most of a block's bytes)."""
+        if not (_mask(values.is_valid()) & ~succeeded).any():
+            return values
         return pc.if_else(answer, values, pa.scalar(None, values.type))
 
     columns = {
         "custom_id": custom_id,
         "status": pc.if_else(answer, pa.scalar("succeeded", _TEXT), _error_status(error_code)),
         "content": answered(content),
-        "finish_reason": answered(pc.struct_field(first, "finish_reason")),
+        "finish_reason": answered(finish_reason),
         "model": answered(pc.struct_field(body, "model")),
-        "error_code": pc.if_else(refused_rows, failure_code, error_code),
-        "error_message": pc.if_else(
-            refused_rows, failure_message, pc.struct_field(error, "message")
-        ),
+        **_failures(error, body, status_code, refused),
         **{name: answered(pc.struct_field(usage, name)) for name in _USAGE.names},
         "status_code": status_code,
     }
     return ArrowLines(columns, succeeded | errored | refused)
+
+
+def _content(choice: pa.Array) -> pa.Array:
+    """A choice's ``message.content``, else its ``text`` (a chat or a completions answer);
+    a block of one kind only is not copied."""
+    message, text = pc.struct_field(choice, "message"), pc.struct_field(choice, "text")
+    if text.null_count == len(text):
+        return pc.struct_field(message, "content")
+    if message.null_count == len(message):
+        return text
+    return pc.if_else(message.is_null(), text, pc.struct_field(message, "content"))
+
+
+def _failures(
+    error: pa.Array, body: pa.Array, status_code: pa.Array, refused: np.ndarray
+) -> dict[str, pa.Array]:
+    """``error_code`` and ``error_message``: the error line's, or for a failed request
+    (``refused``) the body's (worked out for those rows only)."""
+    code, message = pc.struct_field(error, "code"), pc.struct_field(error, "message")
+    if refused.any():
+        rows = pa.array(refused)
+        detail = pc.struct_field(body, "error").filter(rows)
+        failure_code, failure_message = _failure(detail, status_code.filter(rows))
+        code = pc.replace_with_mask(code, rows, failure_code)
+        message = pc.replace_with_mask(message, rows, failure_message)
+    return {"error_code": code, "error_message": message}
 
 
 def _error_status(code: pa.Array) -> pa.Array:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import gc
 import itertools
 import operator
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from .result_bodies import (
 from .result_join import (
     RETRYABLE_ERROR_CODES,
     RETRYABLE_STATUS_CODES,
+    id_array,
     join_results,
     join_table,
     leftover_custom_ids,
@@ -90,6 +93,7 @@ _INT_COLUMNS = frozenset(
 # What one line yields, in this order; ``embedding`` becomes a column only when present.
 _LINE_FIELDS = [*RESULT_COLUMNS[:10], "status_code", EMBEDDING_COLUMN]
 _BLOCK_BYTES = 8 << 20  # about 12,000 lines of chat answers: one chunk
+_READERS = 4  # blocks Arrow reads at once (each holds its block and its columns)
 # The Arrow form of every parsed chunk: RESULT_COLUMNS with embedding after content.
 CHUNK_SCHEMA = pa.schema(
     [
@@ -303,15 +307,16 @@ def _parse_lines(lines: list[bytes]) -> list[tuple[Any, ...]]:
 def _parse_file(file: ResultFile) -> Iterator[pa.Table]:
     """One file's lines, a block at a time, as ``_chunk`` tables.
 
-    Blocks go through Arrow's reader first (``arrow_lines``), the lines it leaves
-    through :func:`_parse_lines`. After a block Arrow could not take (it refused a line,
-    or settled under half of them, as with embeddings) the rest of the file is parsed
-    line by line.
+    Blocks go through Arrow's reader first (``arrow_lines``, a few blocks ahead on other
+    threads), the lines it leaves through :func:`_parse_lines`. After a block Arrow could
+    not take (it refused a line, or settled under half of them, as with embeddings) the
+    rest of the file is parsed line by line.
     """
     path, parsed, arrow = Path(file.path), 0, True
-    for block in _blocks(path):
+    # (the lambda reads ``arrow`` as it is when each read is due)
+    for block, reading in _read_ahead(_blocks(path), lambda: arrow):  # noqa: B023
         try:
-            chunk = _block_chunk(block, file, arrow)
+            chunk = _block_chunk(block, reading.result() if arrow else None, file)
             arrow = chunk is not None
             if chunk is None:
                 chunk = _lines_chunk(bytes(block).split(b"\n"), file)
@@ -322,15 +327,42 @@ def _parse_file(file: ResultFile) -> Iterator[pa.Table]:
             yield chunk
 
 
+def _read_ahead(
+    blocks: Iterator[memoryview], wanted: Callable[[], bool]
+) -> Iterator[tuple[memoryview, Future[arrow_lines.ArrowLines | None]]]:
+    """Each block with Arrow's read of it, started a few blocks ahead on up to
+    ``_READERS`` threads (no more than Arrow's CPU count); no read is started once
+    ``wanted()`` is false (and those begun are cancelled when the blocks are not all
+    read)."""
+    workers = max(1, min(_READERS, pa.cpu_count()))
+    ahead: deque[tuple[memoryview, Future[arrow_lines.ArrowLines | None]]] = deque()
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            for block in blocks:
+                reading: Future[arrow_lines.ArrowLines | None] = Future()
+                if wanted():
+                    reading = pool.submit(arrow_lines.read_block, block)
+                ahead.append((block, reading))
+                if len(ahead) > workers:
+                    yield ahead.popleft()
+            while ahead:
+                yield ahead.popleft()
+        finally:
+            for _, reading in ahead:
+                reading.cancel()
+
+
 def _lines_chunk(lines: list[bytes], file: ResultFile) -> pa.Table:
     rows = _parse_lines(lines)
     return _chunk(rows, file.batch_id, file.attempt) if rows else CHUNK_SCHEMA.empty_table()
 
 
-def _block_chunk(block: memoryview, file: ResultFile, arrow: bool) -> pa.Table | None:
-    """A block's lines as a ``_chunk`` table, the usual lines read by Arrow; None when
-    Arrow is off, refuses the block, or settles under half its lines."""
-    fast = arrow_lines.read_block(block) if arrow else None
+def _block_chunk(
+    block: memoryview, fast: arrow_lines.ArrowLines | None, file: ResultFile
+) -> pa.Table | None:
+    """A block's lines as a ``_chunk`` table, the usual lines as Arrow read them
+    (``fast``); None when Arrow is off, refused the block, or settled under half its
+    lines."""
     if fast is None or 2 * fast.claimed.sum() < len(fast.claimed):
         return None
     count = len(fast.claimed)
@@ -527,7 +559,7 @@ def parse_result_files(
 
 def collect_results(
     files: Sequence[ResultFile],
-    custom_ids: Sequence[str],
+    custom_ids: Sequence[str] | pa.Array,
     inputs: pd.DataFrame | None = None,
     id_column: str = "custom_id",
     structured: StructuredOutput | None = None,
@@ -538,7 +570,8 @@ def collect_results(
 
     Args:
         files: The downloaded output and error files of every attempt.
-        custom_ids: The requested ids; one row each, in this order.
+        custom_ids: The requested ids; one row each, in this order (an Arrow string
+            array is used as it is, without a Python string per id).
         inputs: Rows whose columns are appended, matched on ``inputs[id_column]``.
         id_column: The column of ``inputs`` holding the ids.
         structured: The answers' expected shape: answers are validated before the
@@ -555,7 +588,7 @@ def collect_results(
         >>> collect_results([], ["a"]).status.tolist()
         ['missing']
     """
-    wanted = pa.array(list(custom_ids), pa.large_string())
+    wanted = id_array(custom_ids)
     table = _parse_table(files)
     if structured is None:
         return with_inputs(to_frame(join_table(table, wanted)), wanted, inputs, id_column)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from pathlib import Path
 
 import orjson
@@ -37,6 +38,10 @@ def odd_lines(custom_id: str) -> list[dict]:
     del no_usage["response"]["body"]["usage"]
     no_choices = chat_ok(custom_id)
     no_choices["response"]["body"]["choices"] = []
+    two_choices = chat_ok(custom_id)
+    two_choices["response"]["body"]["choices"].append({"index": 1, "message": {"content": "b"}})
+    null_choices = chat_ok(custom_id)
+    null_choices["response"]["body"]["choices"] = None
     no_body = chat_ok(custom_id)
     no_body["response"]["body"] = None
     failed_body = chat_ok(custom_id)
@@ -55,6 +60,8 @@ def odd_lines(custom_id: str) -> list[dict]:
         null_content,
         no_usage,
         no_choices,
+        two_choices,
+        null_choices,
         no_body,
         failed_body,
         http_error(custom_id, 500, {"message": "boom", "type": "server_error"}),
@@ -159,3 +166,32 @@ def test_a_bad_line_is_named_the_same_way(tmp_path, monkeypatch):
         file = write(tmp_path / "out.jsonl", [*lines[:3], b"\n", bad, *lines[3:]])
         with pytest.raises(ValueError, match=r"out.jsonl: result line 4 is not a valid"):
             parse_result_files([file])
+
+
+def test_arrow_reads_stop_soon_after_a_block_it_cannot_take(tmp_path, monkeypatch):
+    # an embeddings file: Arrow settles none of the first block, so the rest of the file
+    # is read line by line; only the reads already started ahead may still have run
+    monkeypatch.setattr(results, "_BLOCK_BYTES", 300)
+    lines = [orjson.dumps(embedding_ok(f"id-{i}")) + b"\n" for i in range(60)]
+    read_block, reads = arrow_lines.read_block, []
+    monkeypatch.setattr(arrow_lines, "read_block", lambda data: reads.append(1) or read_block(data))
+    frame = parse_result_files([write(tmp_path / "out.jsonl", lines)])
+    assert frame["custom_id"].tolist() == [f"id-{i}" for i in range(60)]
+    assert len(reads) <= 2 + results.pa.cpu_count() < 30  # of 60 blocks
+
+
+def test_blocks_read_ahead_out_of_order_come_back_in_file_order(tmp_path, monkeypatch):
+    # the later blocks' reads finish first: the chunks still follow the file
+    monkeypatch.setattr(results, "_BLOCK_BYTES", 400)
+    lines = [orjson.dumps(chat_ok(f"id-{i}", "x" * (i % 7))) + b"\n" for i in range(80)]
+    read_block, first = arrow_lines.read_block, []
+
+    def slow_first(data):
+        if not first:
+            first.append(1)
+            time.sleep(0.3)
+        return read_block(data)
+
+    monkeypatch.setattr(arrow_lines, "read_block", slow_first)
+    frame = assert_same(monkeypatch, [write(tmp_path / "out.jsonl", lines)])
+    assert frame["custom_id"].tolist() == [f"id-{i}" for i in range(80)]
