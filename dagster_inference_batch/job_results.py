@@ -107,9 +107,8 @@ def job_results(
         BatchAPIError: The job is not final, or a file could not be downloaded.
     """
     with _job_files(provider, job, inputs, id_column, answer_store, structured) as got:
-        wanted = got.custom_ids.to_pylist()
         frame = collect_results(
-            got.files, wanted, inputs, id_column=id_column, structured=structured
+            got.files, got.custom_ids, inputs, id_column=id_column, structured=structured
         )
         frame.insert(
             frame.columns.get_loc("status") + 1,
