@@ -30,6 +30,20 @@ def test_the_fast_builder_agrees_with_fingerprints_read_from_the_lines(options):
     assert encoded.fingerprints[0] == encoded.fingerprints[2] != encoded.fingerprints[1]
 
 
+def test_fingerprints_worked_out_later_skip_ids_of_any_length_or_escape():
+    # the fast builder finds each prompt in its line by where its id ends
+    rows = pd.DataFrame(
+        {
+            "custom_id": ['q"1', "ü✓" * 40, "c\\d", "x"],
+            "prompt": ['Say "hi"', "b", "tab\there", 'Say "hi"'],
+        }
+    )
+    encoded = build_requests(rows, prompt_column="prompt", model="m")
+    assert encoded.fingerprint_list is None  # not worked out while building
+    assert encoded.fingerprints == line_fingerprints(encoded.endpoint, encoded.lines)
+    assert encoded.fingerprints[0] == encoded.fingerprints[3]
+
+
 def test_custom_id_and_key_order_do_not_count_and_everything_else_does():
     chat = build_requests(ROWS, model="m", prompt_column="prompt", body_params={"max_tokens": 8})
     renamed = build_requests(

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -19,7 +20,7 @@ from ..providers import DEFAULT_PROVIDER, ProviderProfile, provider_profile
 from ..structured_output import StructuredOutput, request_params, structured_output
 from .encode import encode_numbered_lines
 from .encoded import EncodedRequests
-from .fingerprint import TemplateFingerprints
+from .fingerprint import SplicedFingerprints, TemplateFingerprints
 from .frame_terms import FrameTerms, in_frame_terms
 from .inputs import content_key
 from .validate import (
@@ -163,19 +164,20 @@ def _prompt_lines(
     system_prompt: str | None,
     max_line_bytes: int,
     problems: Problems,
-) -> tuple[list[bytes], list[str]]:
+) -> tuple[list[bytes], SplicedFingerprints | None]:
     """The fast path: per-row JSON spliced into the line template as bytes; the lines
-    and their fingerprints.
+    and how to work out their fingerprints (hashing a million prompts costs about a
+    second, and only incremental runs need them).
 
     Works in chunks so the intermediate objects (prompts as Python str, their JSON) stay
     few and their memory is reused: fresh memory is what costs most here.
     """
     template = _line_template(endpoint, body, system_prompt, problems)
     if template is None:
-        return [], []
+        return [], None
     head, middle, tail, fingerprints = template
     lines: list[bytes] = []
-    prints: list[str] = []
+    starts: list[np.ndarray] = []  # where each line's prompt begins
     for start in range(0, len(ids), CHUNK_LINES):
         chunk = slice(start, start + CHUNK_LINES)
         id_json = _json_strings(ids[chunk], start, ids, problems)
@@ -183,8 +185,9 @@ def _prompt_lines(
         new = [head + i + middle + p + tail for i, p in zip(id_json, prompt_json, strict=True)]
         check_line_sizes(new, start, ids, max_line_bytes, problems)  # while the chunk is hot
         lines += new
-        prints += fingerprints.of(prompt_json)
-    return lines, prints
+        starts.append(np.fromiter(map(len, id_json), np.int64, len(id_json)))
+    offsets = np.concatenate(starts) + len(head) + len(middle) if starts else np.empty(0)
+    return lines, SplicedFingerprints(fingerprints, offsets, len(tail))
 
 
 def _from_prompts(
@@ -205,13 +208,13 @@ def _from_prompts(
     prompts = df[prompt_column]
     _check_prompts(prompts, ids, problems)
     problems.raise_if_any()  # from here on every id and prompt is a non-empty str
-    lines, prints = _prompt_lines(
+    lines, fingerprinter = _prompt_lines(
         ids, prompts, endpoint, params, system_prompt, max_line_bytes, problems
     )
     problems.raise_if_any()
     counts = [1] * len(lines) if endpoint == EMBEDDINGS_ENDPOINT else None  # one text per line
     return EncodedRequests(
-        endpoint, ids, lines, [params["model"]] * len(lines), counts, fingerprint_list=prints
+        endpoint, ids, lines, [params["model"]] * len(lines), counts, fingerprinter=fingerprinter
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -24,8 +25,9 @@ class EncodedRequests:
         models: Each line's ``body.model``.
         input_counts: Each line's embedding inputs when known (see
             :attr:`embedding_input_counts`); None works them out from the lines.
-        fingerprint_list: Each line's fingerprint when known (see :attr:`fingerprints`);
-            None works them out from the lines.
+        fingerprint_list: Each line's fingerprint when known (see :attr:`fingerprints`).
+        fingerprinter: Else how to work them out from the lines when first asked for (the
+            fast builder's template); None parses each line's body.
 
     Example:
         >>> from dagster_inference_batch import build_requests
@@ -43,6 +45,9 @@ class EncodedRequests:
     models: list[str]
     input_counts: list[int] | None = field(default=None, repr=False, compare=False)
     fingerprint_list: list[str] | None = field(default=None, repr=False, compare=False)
+    fingerprinter: Callable[[Sequence[bytes]], list[str]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -102,6 +107,8 @@ class EncodedRequests:
         """
         if self.fingerprint_list is not None:
             return self.fingerprint_list
+        if self.fingerprinter is not None:
+            return self.fingerprinter(self.lines)
         return line_fingerprints(self.endpoint, self.lines)
 
     def subset(self, positions: list[int]) -> EncodedRequests:

@@ -4,15 +4,17 @@ A fingerprint is the BLAKE2b (128-bit, hex) of the endpoint, a newline, and the 
 canonical JSON (orjson, keys sorted at every level), model included. Two lines with the
 same fingerprint ask the same model the same thing, so one answer serves both (the answer
 store of incremental runs is keyed by it). The fast line builder computes them from its
-template (``TemplateFingerprints``); other lines are fingerprinted from their bytes.
+template (``TemplateFingerprints``, ``SplicedFingerprints``), and only when asked for;
+other lines are fingerprinted from their bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
 _DIGEST_SIZE = 16
@@ -102,3 +104,34 @@ class TemplateFingerprints:
             hasher.update(tail)
             out.append(hasher.hexdigest())
         return out
+
+
+class SplicedFingerprints:
+    """The fingerprints of lines built from one template, worked out when first asked for.
+
+    Each line holds its varying string (JSON-escaped) from ``starts[i]`` up to its last
+    ``tail`` bytes; ``prints`` hashes it with the body around it.
+
+    Args:
+        prints: The body template's fingerprints.
+        starts: Where each line's string begins.
+        tail: How many bytes of every line follow the string.
+
+    Example:
+        >>> body = {"model": "m", "messages": [{"role": "user", "content": "@@"}]}
+        >>> prints = TemplateFingerprints("/v1/chat/completions", body, "@@")
+        >>> lines = [b'{"id":"a","q":"Hi"}', b'{"id":"bb","q":"Yo"}']
+        >>> SplicedFingerprints(prints, np.array([15, 16]), 2)(lines) == prints.of([b"Hi", b"Yo"])
+        True
+    """
+
+    def __init__(self, prints: TemplateFingerprints, starts: np.ndarray, tail: int) -> None:
+        self._prints, self._starts, self._tail = prints, starts, tail
+
+    def __call__(self, lines: Sequence[bytes]) -> list[str]:
+        """One fingerprint per line (the lines the starts were taken from)."""
+        tail = self._tail
+        return self._prints.of(
+            memoryview(line)[start : len(line) - tail]
+            for line, start in zip(lines, self._starts.tolist(), strict=True)
+        )
