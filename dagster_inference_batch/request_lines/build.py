@@ -186,7 +186,7 @@ def _prompt_lines(
         check_line_sizes(new, start, ids, max_line_bytes, problems)  # while the chunk is hot
         lines += new
         starts.append(np.fromiter(map(len, id_json), np.int64, len(id_json)))
-    offsets = np.concatenate(starts) + len(head) + len(middle) if starts else np.empty(0)
+    offsets = np.concatenate(starts) + len(head) + len(middle)  # (never empty: rows checked)
     return lines, SplicedFingerprints(fingerprints, offsets, len(tail))
 
 
